@@ -1,0 +1,45 @@
+"""Option definitions shared by commands, and the error wrapper every command uses."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Annotated
+
+import typer
+
+from sftune.errors import UsageError
+
+
+def user_errors(fn):
+    """Turn UsageError into one line on stderr and exit code 2 (also under Typer's test runner)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            typer.echo(f"sftune: error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+Format = Annotated[str, typer.Option("--format", "-f", help="Output: table (Rich, or plain lines when "
+                                     "not a terminal) or json (one JSON document on stdout).")]
+DataDir = Annotated[str | None, typer.Option("--data-dir", help="GLUE-format data directory "
+                                             "(default: $SFTUNE_DATA_DIR, else the Hugging Face Hub).")]
+TrainFile = Annotated[str | None, typer.Option("--train-file", help="CSV/TSV/JSONL training file.")]
+ValidationFile = Annotated[str | None, typer.Option("--validation-file", help="CSV/TSV/JSONL validation file.")]
+SetItems = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override any config key: "
+                                                    "--set train.lr=1e-5 --set method.p=0.3 (repeatable).")]
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        raise UsageError(f"--format '{fmt}': expected table or json.")
+    return fmt
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()

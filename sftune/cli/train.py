@@ -1,0 +1,92 @@
+"""`sftune train MODEL TASK --method M`: fine-tune and write a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sftune.artifacts import RunDir
+from sftune.cli import app
+from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
+from sftune.cli.render import reporter_for, trainable_table
+from sftune.config import build, deep_merge, parse_set, set_dotted
+from sftune.engine.loop import Interrupted
+from sftune.presets import load_preset
+from sftune.registry import methods
+from sftune.run import default_output_dir, train_run
+from sftune.tasks import TASKS, get_task
+
+
+def _method_help() -> str:
+    return "Method: " + ", ".join(methods()) + ". See 'sftune methods'."
+
+
+@app.command(help="Fine-tune MODEL on TASK (" + ", ".join(TASKS) + ") and write a run directory.")
+@user_errors
+def train(
+    model: Annotated[str, typer.Argument(help="Hub id, local path, or 'minilm' (offline MiniLM weights).")],
+    task: Annotated[str, typer.Argument(help="GLUE task: " + ", ".join(TASKS) + ".")],
+    method: Annotated[str, typer.Option("--method", "-m", help=_method_help())] = "full",
+    mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad (reference: masks gradients, "
+                         "AdamW still moves unselected entries) or update (exact: only selected entries change).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset name or YAML "
+                      "path ('sftune presets ls').")] = None,
+    set_: SetItems = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory "
+                          "(default: runs/MODEL-TASK-METHOD-seedS).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 42).")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Training epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per optimizer step.")] = None,
+    data_dir: DataDir = None,
+    train_file: TrainFile = None,
+    validation_file: ValidationFile = None,
+    train_size: Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from "
+                          "the seed (low-resource setting).")] = None,
+    stratified: Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, print the trainable-parameter "
+                       "table per module group, train nothing, write nothing.")] = False,
+    format_: Format = "table",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output-dir.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output-dir.")] = False,
+) -> None:
+    check_format(format_)
+    task_name = get_task(task).name
+    tree: dict = {"model": {"name": model}, "task": task_name, "method": {"name": method}}
+    if preset:
+        found = load_preset(preset)
+        tree = deep_merge(tree, found.for_task(task_name))
+        tree["preset"] = found.name
+    cli = {"train.seed": seed, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
+           "train.batch_size": batch_size, "data.data_dir": data_dir, "data.train_file": train_file,
+           "data.validation_file": validation_file, "data.train_size": train_size, "method.mask_mode": mask_mode}
+    if stratified:
+        cli["data.stratified"] = True
+    for key, value in cli.items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    if epochs is not None and max_steps is None:
+        tree["train"].pop("max_steps", None)  # an explicit --epochs beats a preset's fixed step count
+    for key, value in parse_set(set_ or []).items():
+        set_dotted(tree, key, value)
+    cfg = build(tree)
+    run_dir = RunDir(output_dir or default_output_dir(cfg))
+    reporter = reporter_for(format_)
+    try:
+        results = train_run(cfg, run_dir, reporter, resume=resume, overwrite=overwrite, dry_run=dry_run)
+    except Interrupted as e:
+        typer.echo(f"sftune: {e}; continue with: sftune train ... --resume --output-dir {run_dir.path}", err=True)
+        raise typer.Exit(130) from None
+    if dry_run:
+        if format_ == "json":
+            typer.echo(json.dumps(results, indent=2))
+        else:
+            console = Console()
+            console.print(f"{model} · {task_name} · {method}: {results['n_train']:,} train examples, "
+                          f"{results['total_steps']} steps (dry run, nothing written)")
+            console.print(trainable_table(results["trainable"]))

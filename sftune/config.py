@@ -1,0 +1,299 @@
+"""Run configuration: dataclasses whose field help is the documentation, merged from defaults, a preset,
+CLI options and `--set key=value` overrides, then validated, reporting every error at once.
+
+The resolved configuration is a nested mapping written to `config.yaml` in the run directory:
+
+    model:  {name, trust_remote_code, revision, dropout}
+    task:   rte
+    method: {name, mask_mode, <the method's own options>}
+    data:   {data_dir, train_file, ...}
+    train:  {seed, batch_size, lr, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftune.errors import UsageError, did_you_mean
+
+
+def option(default: Any, help: str, **kwargs) -> Any:
+    """A dataclass field carrying its help text (shown by `sftune methods`, `presets show` and the docs)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("", "Hub id, local path, or alias ('minilm': the offline MiniLM weights).")
+    trust_remote_code: bool = option(False, "Run model code from the Hub. Off unless you ask for it.")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit).")
+    dropout: float | None = option(None, "Override hidden and attention dropout (DPS reference sets 0).")
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = option(None, "GLUE-format directory (or SFTUNE_DATA_DIR); default: the Hub.")
+    train_file: str | None = option(None, "CSV/TSV/JSONL training file (overrides the task's source).")
+    validation_file: str | None = option(None, "CSV/TSV/JSONL validation file.")
+    text_columns: list[str] | None = option(None, "Text column(s) in --train-file/--validation-file.")
+    label_column: str = option("label", "Label column in --train-file/--validation-file.")
+    max_length: int = option(128, "Maximum tokens per example (longest-first truncation).")
+    train_size: int | None = option(None, "Use only this many training examples, drawn from the seed.")
+    stratified: bool = option(False, "Draw --train-size keeping the label proportions.")
+    eval_batch_size: int = option(64, "Batch size for evaluation.")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = option(42, "Seed for model initialisation, data order, dropout and selectors.")
+    batch_size: int = option(16, "Examples per optimizer step (before gradient accumulation splits it).")
+    lr: float = option(2e-5, "Peak learning rate.")
+    epochs: float = option(3.0, "Training epochs (ignored when max_steps is set).")
+    max_steps: int | None = option(None, "Total optimizer steps; overrides epochs.")
+    warmup_ratio: float = option(0.1, "Share of steps for linear warmup.")
+    warmup_steps: int | None = option(None, "Warmup steps; overrides warmup_ratio.")
+    scheduler: str = option("linear", "transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
+    weight_decay: float = option(0.01, "AdamW decoupled weight decay (never on biases and LayerNorm).")
+    adam_eps: float = option(1e-8, "AdamW epsilon (Stochastic Tuning uses 1e-6).")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 disables.")
+    grad_accum: int = option(1, "Gradient accumulation steps (batch_size is split into this many parts).")
+    precision: str = option("no", "Mixed precision: no, fp16 or bf16.", choices=("no", "fp16", "bf16"))
+    eval_every: int | None = option(None, "Evaluate every N optimizer steps; default: every epoch.")
+    log_every: int = option(10, "Record metrics every N optimizer steps.")
+    save_every: int | None = option(None, "Checkpoint every N steps; default: at every evaluation.")
+    cpu: bool = option(False, "Train on the CPU even when an accelerator is present.")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    task: str
+    method: dict[str, Any]  # {"name", "mask_mode", **method options}; validated against the method's Options
+    data: DataConfig
+    train: TrainConfig
+    regs: list[dict[str, Any]] = field(default_factory=list)
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": dataclasses.asdict(self.model),
+            "task": self.task,
+            "method": dict(self.method),
+            "regs": [dict(r) for r in self.regs],
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "preset": self.preset,
+        }
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+MASK_MODES = ("grad", "update")
+
+
+# ---------------------------------------------------------------------------------------------- coercion
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def coerce(value: Any, annotation: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type; raise ValueError with a short reason."""
+    base, optional = _strip_optional(annotation)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"expected true or false, got '{value}'")
+    if base is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got '{value}'")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected an integer, got '{value}'") from None
+    if base is float:
+        try:
+            return float(value)  # accepts '2e-5', which YAML 1.1 would read as a string
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got '{value}'") from None
+    if base is str:
+        return str(value)
+    if typing.get_origin(base) is list:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        (inner,) = typing.get_args(base) or (str,)
+        return [coerce(v.strip() if isinstance(v, str) else v, inner) for v in items]
+    return value
+
+
+def coerce_field(section: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    try:
+        out = coerce(value, hints[f.name])
+    except ValueError as e:
+        raise ValueError(f"{section}.{f.name}: {e}") from None
+    choices = f.metadata.get("choices")
+    if choices and out not in choices:
+        raise ValueError(f"{section}.{f.name}: expected one of {', '.join(choices)}, got '{out}'")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def parse_set(items: list[str]) -> dict[str, str]:
+    """`--set a.b=v` items -> {'a.b': 'v'}; a malformed item is a UsageError."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set '{item}': expected key=value, e.g. --set train.lr=1e-5.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"--set '{dotted}': '{part}' is not a section.")
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def all_keys(method_options: type | None = None) -> list[str]:
+    """Every dotted key `--set` accepts (for did-you-mean)."""
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    keys += ["method.mask_mode", "method.name"]
+    if method_options is not None:
+        keys += [f"method.{f.name}" for f in dataclasses.fields(method_options)]
+    return keys
+
+
+def build(tree: dict[str, Any]) -> RunConfig:
+    """Validate a nested config mapping into a RunConfig, reporting all problems in one error."""
+    from sftune.registry import get_method  # late: the registry imports every method module
+
+    errors: list[str] = []
+    tree = dict(tree)
+    task = tree.pop("task", None)
+    method_tree = dict(tree.pop("method", None) or {})
+    regs = tree.pop("regs", None) or []
+    preset = tree.pop("preset", None)
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        given = dict(tree.pop(name, None) or {})
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in given:
+                try:
+                    values[f.name] = coerce_field(name, f, given.pop(f.name), hints)
+                except ValueError as e:
+                    errors.append(str(e))
+        for key in given:
+            errors.append(f"unknown key '{name}.{key}'.{did_you_mean(f'{name}.{key}', all_keys())}")
+        sections[name] = cls(**values)
+    for key in tree:
+        errors.append(f"unknown section '{key}'.{did_you_mean(key, [*SECTIONS, 'task', 'method', 'regs'])}")
+
+    method_name = method_tree.pop("name", "full")
+    mask_mode = method_tree.pop("mask_mode", "grad")
+    if mask_mode not in MASK_MODES:
+        errors.append(f"method.mask_mode: expected grad or update, got '{mask_mode}'")
+    method = {"name": method_name, "mask_mode": mask_mode}
+    try:
+        method_cls = get_method(method_name)
+    except UsageError as e:
+        errors.append(str(e))
+        method_cls = None
+    if method_cls is not None:
+        hints = typing.get_type_hints(method_cls.Options)
+        names = {f.name: f for f in dataclasses.fields(method_cls.Options)}
+        for key, value in method_tree.items():
+            if key not in names:
+                choices = all_keys(method_cls.Options)
+                hint = did_you_mean(f"method.{key}", choices)
+                own = ", ".join(names) or "none"
+                errors.append(f"unknown key 'method.{key}' for method {method_name}.{hint} Its options: {own}")
+                continue
+            try:
+                method[key] = coerce_field("method", names[key], value, hints)
+            except ValueError as e:
+                errors.append(str(e))
+        for key, f in names.items():
+            method.setdefault(key, dataclasses.asdict(method_cls.Options())[key])
+
+    model = sections["model"]
+    if not task:
+        errors.append("no task given")
+    if not model.name:
+        errors.append("no model given")
+    train: TrainConfig = sections["train"]
+    for key in ("batch_size", "grad_accum", "log_every", "max_length"):
+        obj = sections["data"] if key == "max_length" else train
+        if getattr(obj, key) < 1:
+            errors.append(f"{key} must be at least 1, got {getattr(obj, key)}")
+    if train.batch_size % train.grad_accum:
+        errors.append(f"train.batch_size ({train.batch_size}) must be divisible by train.grad_accum ({train.grad_accum})")
+    if train.max_steps is not None and train.max_steps < 1:
+        errors.append(f"train.max_steps must be at least 1, got {train.max_steps}")
+    if train.max_steps is None and train.epochs <= 0:
+        errors.append(f"train.epochs must be positive, got {train.epochs}")
+    if errors:
+        raise UsageError("invalid configuration: " + "; ".join(errors))
+    return RunConfig(model=model, task=str(task), method=method, data=sections["data"], train=train,
+                     regs=list(regs), preset=preset)
+
+
+# ------------------------------------------------------------------------------------------------- YAML
+def load_yaml(path: Path, what: str = "file") -> dict:
+    """Read a YAML mapping safely; a malformed or non-mapping file is a one-line UsageError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise UsageError(f"{what} {path} is not valid YAML{where}: {problem}. Fix the file and retry.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} must hold a YAML mapping (key: value), not {type(data).__name__}.")
+    return data
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,1 @@
+"""The training engine: the loop on accelerate, the optimizer and schedule, checkpoints."""

@@ -1,0 +1,124 @@
+"""The hooks a method (or regulariser) can use, and the context the engine hands them.
+
+The training loop calls, for every plugin (the method first, then regularisers in the order given):
+
+    setup(ctx)                   once, after the model is built and before the optimizer exists
+    trainable(name, param)       choose trainable parameters (method only; None = no opinion)
+    param_groups(groups)         adjust optimizer parameter groups (e.g. layer-wise LR decay)
+    on_optimizer(optimizer)      once, when the optimizer exists (e.g. give it masks)
+    before_forward(step)         change the weights a forward sees (Mixout, DPS Mix)
+    extra_loss(model, batch, out) -> Tensor | None     add loss terms (R3F, R-Drop)
+    after_backward(step)         gradients of one optimizer step are accumulated and unscaled,
+                                 not yet clipped: masks act here
+    optimizer_step(optimizer) -> bool   replace the optimizer step (exact sparse updates); True = done
+    after_step(step)             after the optimizer and scheduler stepped
+    train_mode() / eval_mode()   around evaluation (Mixout evaluates the raw weights)
+    stats() -> dict              numbers for metrics.jsonl and the live table (selected shares...)
+    state_dict() / load_state_dict(state)    saved in checkpoints (tensors and plain values only)
+
+`step` is the 1-based index of the optimizer step about to happen (or that just happened, for after_step),
+counted in optimizer steps, never in forward passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RunContext:
+    model: nn.Module
+    task: Any  # sftune.tasks.Task
+    config: Any  # sftune.config.RunConfig
+    accelerator: Any
+    train_loader: Any  # batches of the training set (Child-Tuning D's Fisher pass reads it)
+    total_steps: int
+    groups: dict[str, str]  # parameter name -> module group
+    head: tuple[str, ...]  # name prefixes of the task head
+
+    def generator(self, salt: str) -> torch.Generator:
+        """A generator seeded from the run seed and `salt`, on the model's device: same seed, same masks."""
+        import zlib
+
+        device = next(self.model.parameters()).device
+        g = torch.Generator(device=device)
+        g.manual_seed(self.config.train.seed * 1_000_003 + zlib.crc32(salt.encode()))
+        return g
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class Hooks:
+    """No-op implementations of every hook; subclasses override what they need."""
+
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def trainable(self, name: str, param: nn.Parameter) -> bool | None:
+        return None
+
+    def param_groups(self, groups: list[dict]) -> list[dict]:
+        return groups
+
+    def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def before_forward(self, step: int) -> None:
+        pass
+
+    def extra_loss(self, model: nn.Module, batch: dict, outputs: Any) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
+        return False
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def train_mode(self) -> None:
+        pass
+
+    def eval_mode(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Method(Hooks):
+    """A fine-tuning method. Subclasses set `name`, `summary`, optionally `Options`, and register themselves."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    details: ClassVar[str] = ""  # longer help: source, quirks kept in reference mode, sftune choices
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None, mask_mode: str = "grad"):
+        self.options = options if options is not None else self.Options()
+        self.mask_mode = mask_mode
+
+    @classmethod
+    def from_config(cls, method_cfg: dict) -> "Method":
+        names = {f.name for f in dataclasses.fields(cls.Options)}
+        options = cls.Options(**{k: v for k, v in method_cfg.items() if k in names})
+        return cls(options, method_cfg.get("mask_mode", "grad"))
+
+    def trainable(self, name: str, param: nn.Parameter) -> bool | None:
+        return True

