@@ -51,6 +51,11 @@ def _read_table(path: Path, column_names: tuple[str, ...] | None = None):
     if path.stat().st_size == 0:
         raise UsageError(f"data file {path} is empty. Give a file with a header and at least one row.")
     suffix = path.suffix.lower()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first_lines = [line for _, line in zip(range(2), (ln for ln in f if ln.strip()))]
+    header_lines = 0 if (column_names or suffix in (".jsonl", ".json")) else 1
+    if len(first_lines) <= header_lines:
+        raise UsageError(f"data file {path} has no rows. Give a file with at least one example.")
     datasets.disable_progress_bars()
     try:
         if suffix in (".jsonl", ".json"):

@@ -75,8 +75,11 @@ def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: 
     if dropout is not None:
         set_dropout(config, dropout)
     try:
+        # A checkpoint with a head for another label count (a model fine-tuned on another task) gets a new
+        # head of the right size, as when fine-tuning a plain encoder.
         return AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, trust_remote_code=trust_remote_code, revision=revision)
+            path, config=config, trust_remote_code=trust_remote_code, revision=revision,
+            ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
         raise _hub_error(name, e) from None
 
