@@ -73,6 +73,8 @@ class TrainConfig:
     log_every: int = option(10, "Record metrics every N optimizer steps.")
     save_every: int | None = option(None, "Checkpoint every N steps; default: at every evaluation.")
     cpu: bool = option(False, "Train on the CPU even when an accelerator is present.")
+    measure_changed: bool = option(True, "On logged steps, count the entries the step really changed "
+                                   "(costs a transient copy of the trainable weights on those steps).")
 
 
 @dataclass
@@ -252,6 +254,8 @@ def build(tree: dict[str, Any]) -> RunConfig:
         for key, f in names.items():
             method.setdefault(key, dataclasses.asdict(method_cls.Options())[key])
 
+    regs_out = _build_regs(regs, method_name, errors)
+
     model = sections["model"]
     if not task:
         errors.append("no task given")
@@ -271,7 +275,52 @@ def build(tree: dict[str, Any]) -> RunConfig:
     if errors:
         raise UsageError("invalid configuration: " + "; ".join(errors))
     return RunConfig(model=model, task=str(task), method=method, data=sections["data"], train=train,
-                     regs=list(regs), preset=preset)
+                     regs=regs_out, preset=preset)
+
+
+def parse_reg(text: str) -> dict[str, str]:
+    """`--reg mixout:p=0.3,x=1` -> {'name': 'mixout', 'p': '0.3', 'x': '1'}."""
+    name, _, rest = text.partition(":")
+    out = {"name": name.strip()}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--reg '{text}': expected NAME or NAME:key=value,..., e.g. --reg mixout:p=0.3.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[str, Any]]:
+    """Validate regulariser entries against their Options; one entry per name (later ones win)."""
+    from sftune.registry import get_regularizer
+
+    by_name: dict[str, dict] = {}
+    for entry in regs:
+        entry = dict(entry) if isinstance(entry, dict) else parse_reg(str(entry))
+        name = str(entry.pop("name", ""))
+        try:
+            cls = get_regularizer(name)
+        except UsageError as e:
+            errors.append(str(e))
+            continue
+        hints = typing.get_type_hints(cls.Options)
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        values = dict(by_name.get(name, {}))
+        values.update(dataclasses.asdict(cls.Options()) if name not in by_name else {})
+        for key, value in entry.items():
+            if key not in fields:
+                errors.append(f"unknown option '{key}' for regulariser {name}.{did_you_mean(key, fields)} "
+                              f"Its options: {', '.join(fields) or 'none'}")
+                continue
+            try:
+                values[key] = coerce_field(f"reg {name}", fields[key], value, hints)
+            except ValueError as e:
+                errors.append(str(e))
+        clash = set(getattr(cls, "incompatible", ())) & ({method_name} | set(by_name))
+        if clash:
+            errors.append(f"regulariser {name} cannot be combined with {', '.join(sorted(clash))}")
+        by_name[name] = values
+    return [{"name": n, **v} for n, v in by_name.items()]
 
 
 # ------------------------------------------------------------------------------------------------- YAML

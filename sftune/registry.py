@@ -14,34 +14,54 @@ from dataclasses import dataclass
 from sftune.errors import unknown
 
 _METHODS: dict[str, type] = {}
+_REGULARIZERS: dict[str, type] = {}
+
+
+def _add(table: dict[str, type], cls: type) -> type:
+    if cls.name in table and table[cls.name] is not cls:
+        raise RuntimeError(f"two plug-ins are registered as '{cls.name}'")
+    table[cls.name] = cls
+    return cls
 
 
 def register(cls: type) -> type:
     """Class decorator: register a `Method` subclass under its `name`."""
-    name = cls.name
-    if name in _METHODS and _METHODS[name] is not cls:
-        raise RuntimeError(f"two methods are registered as '{name}'")
-    _METHODS[name] = cls
-    return cls
+    return _add(_METHODS, cls)
 
 
-def _load_all() -> None:
-    # Importing every module of sftune.methods runs their @register decorators; no hand-kept list.
-    import sftune.methods as package
+def register_regularizer(cls: type) -> type:
+    """Class decorator: register a regulariser (a `Hooks` subclass with `name`, `summary`, `Options`)."""
+    return _add(_REGULARIZERS, cls)
 
+
+def _import_package(dotted: str) -> None:
+    # Importing every module of the package runs their decorators: no hand-kept list of plug-ins.
+    package = importlib.import_module(dotted)
     for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
+        importlib.import_module(f"{dotted}.{module.name}")
 
 
 def methods() -> dict[str, type]:
-    _load_all()
+    _import_package("sftune.methods")
     return dict(sorted(_METHODS.items()))
+
+
+def regularizers() -> dict[str, type]:
+    _import_package("sftune.regularizers")
+    return dict(sorted(_REGULARIZERS.items()))
 
 
 def get_method(name: str) -> type:
     table = methods()
     if name not in table:
         raise unknown("method", name, table, "Run 'sftune methods' to list them.")
+    return table[name]
+
+
+def get_regularizer(name: str) -> type:
+    table = regularizers()
+    if name not in table:
+        raise unknown("regulariser", name, table, "Run 'sftune methods' to list them.")
     return table[name]
 
 

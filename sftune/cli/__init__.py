@@ -21,9 +21,19 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from sftune.cli import catalog, evaluate, train  # noqa: E402  (commands register themselves on `app`)
 
-__all__ = ["app", "main", "catalog", "evaluate", "train"]
+
+def _load_commands() -> None:
+    # Every module of sftune.cli that defines commands registers them on `app` when imported.
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in ("common", "render"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_load_commands()
 
 
 def quiet_libraries() -> None:

@@ -13,7 +13,7 @@ from sftune.cli import app
 from sftune.cli.common import Format, check_format, user_errors
 from sftune.config import dump_yaml
 from sftune.presets import all_presets, load_preset
-from sftune.registry import describe_options, methods
+from sftune.registry import describe_options, methods, regularizers
 
 presets_app = typer.Typer(help="List and show hyperparameter presets.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
@@ -21,10 +21,11 @@ app.add_typer(presets_app, name="presets")
 
 def methods_document() -> list[dict]:
     out = []
-    for name, cls in methods().items():
-        out.append({"name": name, "summary": cls.summary, "details": cls.details,
-                    "options": [{"name": o.name, "type": o.type, "default": o.default, "help": o.help}
-                                for o in describe_options(cls)]})
+    for kind, table in (("method", methods()), ("regulariser", regularizers())):
+        for name, cls in table.items():
+            out.append({"name": name, "kind": kind, "summary": cls.summary, "details": cls.details,
+                        "options": [{"name": o.name, "type": o.type, "default": o.default, "help": o.help}
+                                    for o in describe_options(cls)]})
     return out
 
 
@@ -36,13 +37,15 @@ def list_methods(format_: Format = "table") -> None:
     if format_ == "json":
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
-    table = Table(title="Methods (--method NAME, options with --set method.OPTION=VALUE)", title_justify="left")
-    table.add_column("method", style="bold")
+    table = Table(title="Methods (--method NAME, options --set method.OPTION=VALUE) and regularisers "
+                  "(--reg NAME:OPTION=VALUE)", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("kind")
     table.add_column("what it trains")
     table.add_column("options")
     for m in doc:
         opts = "\n".join(f"{o['name']}={o['default']}: {o['help']}" for o in m["options"]) or "-"
-        table.add_row(m["name"], m["summary"], opts)
+        table.add_row(m["name"], m["kind"], m["summary"], opts)
     Console().print(table)
 
 

@@ -96,7 +96,9 @@ class PlainReporter(Reporter):
         print(headline(info).plain, file=self.stream, flush=True)
 
     def log(self, record: dict) -> None:
-        fields = " ".join(f"{k}={fmt(v)}" for k, v in record.items() if k != "type")
+        # Per-group shares stay in metrics.jsonl; a log line keeps the totals.
+        fields = " ".join(f"{k}={fmt(v)}" for k, v in record.items()
+                          if k != "type" and (record["type"] == "eval" or "/" not in k))
         print(f"[{record['type']}] {fields}", file=self.stream, flush=True)
 
     def finish(self, results: dict) -> None:

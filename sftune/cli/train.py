@@ -13,7 +13,7 @@ from sftune.artifacts import RunDir
 from sftune.cli import app
 from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
 from sftune.cli.render import reporter_for, trainable_table
-from sftune.config import build, deep_merge, parse_set, set_dotted
+from sftune.config import build, deep_merge, parse_reg, parse_set, set_dotted
 from sftune.engine.loop import Interrupted
 from sftune.presets import load_preset
 from sftune.registry import methods
@@ -35,6 +35,8 @@ def train(
                          "AdamW still moves unselected entries) or update (exact: only selected entries change).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset name or YAML "
                       "path ('sftune presets ls').")] = None,
+    reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regulariser, repeatable: "
+                   "--reg mixout:p=0.3 --reg llrd:eta=0.9 (see 'sftune methods').")] = None,
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory "
                           "(default: runs/MODEL-TASK-METHOD-seedS).")] = None,
@@ -72,6 +74,8 @@ def train(
             set_dotted(tree, key, value)
     if epochs is not None and max_steps is None:
         tree["train"].pop("max_steps", None)  # an explicit --epochs beats a preset's fixed step count
+    if reg:
+        tree["regs"] = list(tree.get("regs") or []) + [parse_reg(r) for r in reg]
     for key, value in parse_set(set_ or []).items():
         set_dotted(tree, key, value)
     cfg = build(tree)

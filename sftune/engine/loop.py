@@ -20,10 +20,11 @@ from sftune.artifacts import RunDir
 from sftune.config import RunConfig
 from sftune.data import load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from sftune.engine.sparsity import SparsityMeter
 from sftune.engine.optim import build_optimizer, build_scheduler, merge_groups, param_groups, total_steps
 from sftune.methods.base import Hooks, RunContext
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
-from sftune.registry import get_method
+from sftune.registry import get_method, get_regularizer
 from sftune.tasks import get_task
 
 
@@ -86,7 +87,8 @@ class Trainer:
                                 cfg.model.revision, cfg.model.dropout)
         self.groups = group_of_params(self.model)
         self.method = get_method(cfg.method["name"]).from_config(cfg.method)
-        self.plugins: list[Hooks] = [self.method, *self.extra_plugins]
+        regs = [get_regularizer(r["name"]).from_config(r) for r in cfg.regs]
+        self.plugins: list[Hooks] = [self.method, *regs, *self.extra_plugins]
         self.eval_loaders = {s: make_loader(d, self.tokenizer, cfg.data.eval_batch_size)
                              for s, d in self.eval_sets.items()}
         if not need_train:
@@ -118,6 +120,7 @@ class Trainer:
         for plugin in self.plugins:
             plugin.on_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
 
     def info(self) -> dict[str, Any]:
         table = trainable_table(self.accelerator.unwrap_model(self.model))
@@ -179,7 +182,7 @@ class Trainer:
         st.train_seconds = time.perf_counter() - self._t_start
         self._rng = capture_rng()
         self._boundary = dataclasses.replace(st)
-        if st.step % cfg.log_every == 0 or st.step == self.total_steps:
+        if self._is_log_step(st.step):
             self._log(window)
         if st.step < self.total_steps:
             if cfg.eval_every and st.step % cfg.eval_every == 0:
@@ -187,6 +190,9 @@ class Trainer:
             save_every = cfg.save_every or cfg.eval_every
             if save_every and st.step % save_every == 0:
                 self.save_checkpoint()
+
+    def _is_log_step(self, step: int) -> bool:
+        return step % self.cfg.train.log_every == 0 or step == self.total_steps
 
     def _micro_step(self, batch: dict, window: dict) -> bool:
         """One forward/backward; returns True when it completed an optimizer step."""
@@ -214,8 +220,13 @@ class Trainer:
                 plugin.after_backward(step)
             if self.cfg.train.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.trainable_params, self.cfg.train.max_grad_norm)
+            measure = self.cfg.train.measure_changed and self._is_log_step(step)
+            if measure:
+                self.meter.take_snapshot()
             if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
                 self.optimizer.step()
+            if measure:
+                self.meter.measure_changed()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             for plugin in self.plugins:
@@ -228,6 +239,8 @@ class Trainer:
         record = {"type": "train", "step": st.step, "epoch": round(st.step / self.steps_per_epoch, 3),
                   "loss": window["loss"] / max(window["n"], 1), "lr": self.scheduler.get_last_lr()[0],
                   "examples_per_s": window["examples"] / max(now - window["t"], 1e-9)}
+        selected = getattr(self.method, "selected_counts", self.meter.dense_selected)()
+        record.update(self.meter.record(selected))
         for plugin in self.plugins:
             record.update(plugin.stats())
         window.update(loss=0.0, n=0, examples=0, t=now)

@@ -102,8 +102,8 @@ class Hooks:
         pass
 
 
-class Method(Hooks):
-    """A fine-tuning method. Subclasses set `name`, `summary`, optionally `Options`, and register themselves."""
+class Plugin(Hooks):
+    """A registered plug-in with options: a method or a regulariser."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
@@ -115,10 +115,20 @@ class Method(Hooks):
         self.mask_mode = mask_mode
 
     @classmethod
-    def from_config(cls, method_cfg: dict) -> "Method":
+    def from_config(cls, section: dict) -> "Plugin":
         names = {f.name for f in dataclasses.fields(cls.Options)}
-        options = cls.Options(**{k: v for k, v in method_cfg.items() if k in names})
-        return cls(options, method_cfg.get("mask_mode", "grad"))
+        options = cls.Options(**{k: v for k, v in section.items() if k in names})
+        return cls(options, section.get("mask_mode", "grad"))
+
+
+class Regularizer(Plugin):
+    """A regulariser: composes with any method. `incompatible` names methods/regularisers it cannot join."""
+
+    incompatible: ClassVar[tuple[str, ...]] = ()
+
+
+class Method(Plugin):
+    """A fine-tuning method. Subclasses set `name`, `summary`, optionally `Options`, and `@register`."""
 
     def trainable(self, name: str, param: nn.Parameter) -> bool | None:
         return True
