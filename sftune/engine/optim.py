@@ -41,14 +41,14 @@ def merge_groups(groups: list[dict]) -> list[dict]:
 
 def build_optimizer(groups: list[dict], cfg: TrainConfig, mask_mode: str) -> torch.optim.Optimizer:
     betas = (cfg.adam_beta1, cfg.adam_beta2)
+    params = [p for g in groups for p in g["params"]]
+    # torch's default per-tensor AdamW loop costs ~5x the fused kernel on CPU (performance-notes.md).
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     if mask_mode == "update":
         # Exact sparse updates: only selected entries change (moments, bias correction, decay there only).
         from sftune.optim import MaskedAdamW
 
-        return MaskedAdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_eps)
-    params = [p for g in groups for p in g["params"]]
-    # torch's default per-tensor AdamW loop costs ~5x the fused kernel on CPU (performance-notes.md).
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        return MaskedAdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_eps, fused=fused)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_eps, fused=fused or None)
 
 

@@ -84,13 +84,3 @@ def apply_mask_(grad: torch.Tensor, mask: torch.Tensor) -> None:
     kept = flat.index_select(0, mask)
     flat.zero_()
     flat.index_copy_(0, mask, kept)
-
-
-def split_flat_indices(indices: torch.Tensor, offsets: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
-    """Split indices into a concatenation of parameters (name -> (start, numel)) into per-parameter flat indices."""
-    indices, _ = torch.sort(indices)
-    names = list(offsets)
-    starts = torch.tensor([offsets[n][0] for n in names] + [offsets[names[-1]][0] + offsets[names[-1]][1]],
-                          device=indices.device)
-    bounds = torch.searchsorted(indices, starts).tolist()  # one host sync for all parameters
-    return {n: indices[bounds[i]:bounds[i + 1]] - offsets[n][0] for i, n in enumerate(names)}

@@ -1,0 +1,94 @@
+"""Shared base of the per-step, global-budget methods (random, top, stochastic; methods.md sections 1, 4).
+
+Each step, k entries are chosen among all candidate entries of the model (Linear weights and biases and
+LayerNorm parameters of the pre-trained model; embeddings excluded unless `method.include_embeddings`;
+the head trains densely). Non-candidate parameters outside the head are frozen: the budget is the whole
+sparse update. k defaults to the model's BitFit count (all biases outside the head), as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sftune.config import option
+from sftune.errors import UsageError
+from sftune.methods.masking import MaskedMethod
+
+
+@dataclass
+class BudgetOptions:
+    k: int | None = option(None, "Entries updated per step; default: the model's BitFit count (its biases).")
+    density: float | None = option(None, "Alternative to k: the share of candidate entries per step.")
+    include_embeddings: bool = option(False, "Let embedding entries be selected (sftune default: excluded).")
+
+
+def candidate_modules(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> kind ('linear_weight', 'bias', 'ln_weight', 'ln_bias') for Linear and LayerNorm."""
+    kinds = {}
+    for mname, module in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        if isinstance(module, nn.Linear):
+            kinds[prefix + "weight"] = "linear_weight"
+            if module.bias is not None:
+                kinds[prefix + "bias"] = "bias"
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            kinds[prefix + "weight"] = "ln_weight"
+            if module.bias is not None:
+                kinds[prefix + "bias"] = "ln_bias"
+    return kinds
+
+
+class BudgetMethod(MaskedMethod):
+    Options = BudgetOptions
+
+    def setup(self, ctx) -> None:
+        self.kinds = candidate_modules(ctx.model)
+        super().setup(ctx)
+        names = list(self.candidates)
+        if not names:
+            raise UsageError(f"method {self.name}: the model has no Linear or LayerNorm parameters to select from.")
+        n = sum(p.numel() for p in self.candidates.values())
+        bitfit = sum(p.numel() for name, p in self.params.items()
+                     if name.endswith("bias") and ctx.groups[name] != "head")
+        o = self.options
+        if o.k is not None and o.density is not None:
+            raise UsageError(f"method {self.name}: set method.k or method.density, not both.")
+        self.k = o.k if o.k is not None else (round(o.density * n) if o.density is not None else bitfit)
+        if not 1 <= self.k <= n:
+            raise UsageError(f"method {self.name}: k={self.k} must be between 1 and the {n:,} candidate entries.")
+        self.generator = ctx.generator(self.name)
+        self.flat = None  # allocated by subclasses that score entries
+
+    def candidate(self, name, param) -> bool:
+        group = self.ctx.groups[name]
+        if group == "head" or name not in self.kinds:
+            return False
+        return self.options.include_embeddings or group != "embeddings"
+
+    def trainable(self, name, param):
+        # The budget is the whole sparse update: only candidates (and the dense head) train.
+        return self.ctx.groups[name] == "head" or self.candidate(name, param)
+
+    def split(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Global indices into the concatenated candidates -> per-parameter flat indices (one host sync)."""
+        if not hasattr(self, "_bounds"):
+            sizes = torch.tensor([p.numel() for p in self.candidates.values()])
+            starts = torch.cumsum(sizes, 0) - sizes
+            self._starts = starts.tolist()
+            device = next(iter(self.candidates.values())).device
+            self._bounds = torch.cat([starts, sizes.sum().view(1)]).to(device)
+        idx = torch.sort(flat_indices.reshape(-1)).values
+        cuts = torch.searchsorted(idx, self._bounds).tolist()
+        return {n: idx[cuts[i]:cuts[i + 1]] - self._starts[i] for i, n in enumerate(self.candidates)}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+    def stats(self):
+        return {"budget_k": self.k}

@@ -1,0 +1,98 @@
+"""child-tuning-d: task-driven Child-Tuning with a Fisher mask fixed for the run (methods.md section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sftune.config import option
+from sftune.errors import UsageError
+from sftune.methods.masking import MaskedMethod
+from sftune.registry import register
+from sftune.select import global_threshold_mask, pack_bits, unpack_bits
+
+
+@dataclass
+class ChildTuningDOptions:
+    p: float = option(0.3, "reserve_p: the share of candidate entries KEPT (paper grid 0.1, 0.2, 0.3).")
+    fisher_batches: int | None = option(None, "Batches in the Fisher pass; default: one full pass over the "
+                                        "training set, as the reference does.")
+
+
+@register
+class ChildTuningD(MaskedMethod):
+    name = "child-tuning-d"
+    summary = "Child-Tuning D: a Fisher-information mask over the encoder layers, computed once, fixed for the run."
+    details = ("Xu et al. 2021 (PKUnlp-icler/ChildTuning). Before training, one pass over the shuffled training "
+               "set in train mode: per batch each candidate gradient is clipped to max_grad_norm separately and "
+               "F += g^2 / n_batches. Candidates: parameters whose name contains 'layer' (encoder layers); "
+               "embeddings, pooler and head always train. One global threshold tau = the (1-p) quantile of all "
+               "candidate scores (NumPy percentile, linear interpolation, computed on the device); M = F >= tau. "
+               "Masks are kept bit-packed (1 bit per entry) between steps.")
+    Options = ChildTuningDOptions
+
+    def candidate(self, name, param) -> bool:
+        return "layer" in name and self.ctx.groups[name] != "head"
+
+    def setup(self, ctx) -> None:
+        if not 0 < self.options.p <= 1:
+            raise UsageError(f"method child-tuning-d: p={self.options.p} must be in (0, 1] (the share kept).")
+        super().setup(ctx)
+        if not self.candidates:
+            raise UsageError("method child-tuning-d: the model has no parameters whose name contains 'layer'.")
+        self.packed: dict[str, torch.Tensor] = {}
+        self.fisher_done = False
+
+    def _fisher_pass(self) -> None:
+        ctx = self.ctx
+        model = ctx.model
+        device = next(model.parameters()).device
+        fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.candidates.items()}
+        was_training = model.training
+        model.train()  # dropout on, as in the reference
+        n_batches = 0
+        limit = self.options.fisher_batches
+        max_norm = ctx.config.train.max_grad_norm
+        for batch in ctx.train_loader:
+            if limit is not None and n_batches >= limit:
+                break
+            batch = {k: v.to(device) for k, v in batch.items() if k != "idx"}
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            for name, p in self.candidates.items():
+                if p.grad is None:
+                    continue
+                if max_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([p], max_norm)  # each tensor on its own, as the reference
+                fisher[name].addcmul_(p.grad, p.grad)
+            n_batches += 1
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        names = list(fisher)
+        for n in names:
+            fisher[n].div_(max(n_batches, 1))
+        masks = global_threshold_mask([fisher[n] for n in names], self.options.p)
+        self.packed = {n: pack_bits(m) for n, m in zip(names, masks)}
+        self.fisher_batches_used = n_batches
+        self.fisher_done = True
+
+    def on_optimizer(self, optimizer) -> None:
+        super().on_optimizer(optimizer)
+        if not self.fisher_done:  # not restored from a checkpoint: compute it now, before the first step
+            self._fisher_pass()
+
+    def select(self, step):
+        if not self.fisher_done:
+            self._fisher_pass()
+        return {n: unpack_bits(self.packed[n], p.numel(), p.shape) for n, p in self.candidates.items()}
+
+    def state_dict(self):
+        return {"packed": dict(self.packed), "fisher_done": self.fisher_done}
+
+    def load_state_dict(self, state):
+        self.packed = dict(state["packed"])
+        self.fisher_done = bool(state["fisher_done"])
+
+    def state_bytes(self) -> dict[str, int]:
+        return {"mask": sum(t.numel() for t in self.packed.values())}

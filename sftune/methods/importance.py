@@ -1,0 +1,73 @@
+"""Importance scores of Stochastic and Top Tuning: I = |mu * W * g| (methods.md section 4).
+
+`mu` for an nn.Linear is the mean of |x_j| over the batch and the non-padding tokens of its input, one value
+per input feature, broadcast over output rows (sftune choice; `signed` uses the signed mean). For biases the
+input is 1 (I = |b * g|); a LayerNorm weight uses mu = mean |x_hat| of its normalised input; a LayerNorm
+bias uses I = |beta * g|. With gradient accumulation, mu averages the micro-batches of the step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InputMeans:
+    """Forward hooks that keep the running mean |input| per feature of chosen Linear and LayerNorm modules."""
+
+    def __init__(self, model: nn.Module, module_names: set[str], signed: bool = False):
+        self.signed = signed
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.attention_mask: torch.Tensor | None = None
+        self.handles = [model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
+        for name, module in model.named_modules():
+            if name in module_names:
+                self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _capture_mask(self, module, args, kwargs):
+        self.attention_mask = kwargs.get("attention_mask")
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if not module.training or not torch.is_grad_enabled():
+                return
+            x = inputs[0].detach()
+            if isinstance(module, nn.LayerNorm):
+                x = F.layer_norm(x.float(), module.normalized_shape, None, None, module.eps)
+            x = x.float() if self.signed else x.float().abs()
+            mask = self.attention_mask
+            if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                w = mask.to(x.dtype).unsqueeze(-1)
+                total = (x * w).sum((0, 1)) / w.sum().clamp_min(1)
+            else:  # pooled [batch, features] inputs, or shapes that are not [batch, tokens, features]
+                total = x.reshape(-1, x.shape[-1]).mean(0)
+            if name in self.sums:
+                self.sums[name] += total
+                self.counts[name] += 1
+            else:
+                self.sums[name] = total
+                self.counts[name] = 1
+
+        return hook
+
+    def pop(self, name: str) -> torch.Tensor | None:
+        """The mean over the micro-batches since the last pop (None if the module did not run)."""
+        if name not in self.sums:
+            return None
+        out = self.sums.pop(name) / self.counts.pop(name)
+        return out.abs() if not self.signed else out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def squared_importance_(out: torch.Tensor, kind: str, param: torch.Tensor, grad: torch.Tensor,
+                        mu: torch.Tensor | None) -> torch.Tensor:
+    """Write I^2 = (mu * W * g)^2 (sampling weights are proportional to I^2) into `out`, in place."""
+    torch.mul(param.detach(), grad, out=out)
+    if kind in ("linear_weight", "ln_weight") and mu is not None:
+        out.mul_(mu.to(out.dtype) if kind == "ln_weight" else mu.to(out.dtype).unsqueeze(0))
+    return out.square_()

@@ -1,0 +1,19 @@
+"""random: Random Tuning, k entries drawn uniformly every step (methods.md section 1)."""
+
+from sftune.methods.budget import BudgetMethod
+from sftune.registry import register
+from sftune.select import uniform_sample_without_replacement
+
+
+@register
+class RandomTuning(BudgetMethod):
+    name = "random"
+    summary = "Random Tuning: k entries chosen uniformly at random, re-drawn every step (k = BitFit count)."
+    details = ("Baseline of the Stochastic Tuning paper (Akbar-Tajari & Pilehvar 2024). Exact uniform sampling "
+               "of k distinct entries among the candidates (Linear and LayerNorm parameters; embeddings "
+               "excluded by default); the head trains densely.")
+
+    def select(self, step):
+        n = sum(p.numel() for p in self.candidates.values())
+        device = next(iter(self.candidates.values())).device
+        return self.split(uniform_sample_without_replacement(n, self.k, self.generator, device=device))

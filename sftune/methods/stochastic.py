@@ -1,0 +1,32 @@
+"""stochastic: Stochastic Tuning, k entries sampled by importance every step (methods.md section 4)."""
+
+import torch
+
+from sftune.methods.scored import ScoredMethod
+from sftune.registry import register
+from sftune.select import uniform_sample_without_replacement, weighted_sample_without_replacement
+
+
+@register
+class StochasticTuning(ScoredMethod):
+    name = "stochastic"
+    summary = ("Stochastic Tuning: k entries sampled without replacement with probability proportional to "
+               "I^2, I = |mu * W * g|, every step (k = BitFit count, ~0.08% of RoBERTa-base).")
+    details = ("Akbar-Tajari & Pilehvar 2024. Exact weighted sampling without replacement (NumPy choice "
+               "semantics) on the device, instead of the authors' NumPy call. mu: mean |input| over batch and "
+               "non-padding tokens per input feature (sftune choice; --set method.signed_mu=true for the signed "
+               "mean). If fewer than k entries have non-zero importance, all of them are taken and the rest "
+               "drawn uniformly among the others (sftune choice).")
+
+    def select(self, step):
+        weights = self.scores()
+        positive = int((weights > 0).sum())
+        if positive >= self.k:
+            return self.split(weighted_sample_without_replacement(weights, self.k, self.generator))
+        # Not enough non-zero importance (e.g. zero-initialised biases at the first step): take them all and
+        # fill the budget uniformly among the rest, so k stays exact.
+        chosen = torch.nonzero(weights > 0).squeeze(1)
+        rest = torch.nonzero(weights <= 0).squeeze(1)
+        extra = rest[uniform_sample_without_replacement(rest.numel(), self.k - positive, self.generator,
+                                                        device=weights.device)]
+        return self.split(torch.cat([chosen, extra]))

@@ -1,0 +1,203 @@
+"""Parity and exactness of the per-step selectors and Child-Tuning (methods.md sections 1, 2, 4)."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_trainer, record_masks, snapshot
+from sftune.methods.importance import squared_importance_
+
+
+def changed_sets(before, trainer):
+    return {n: p.detach() != before[n] for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("method", ["stochastic", "top", "random"])
+def test_update_mode_changes_exactly_the_union_of_selections(tiny_bert, glue_dir, method):
+    trainer = make_trainer(tiny_bert, glue_dir, method, "update", steps=3, method__k=200)
+    masks = record_masks(trainer)
+    before = snapshot(trainer)
+    trainer.train()
+    changed = changed_sets(before, trainer)
+    assert len(masks) == 3
+    for name in trainer.method.candidates:
+        union = torch.zeros_like(changed[name])
+        for step in masks:
+            union |= step.get(name, torch.zeros_like(union))
+        assert not (changed[name] & ~union).any(), name  # nothing outside the selections moved
+        if method != "random":  # a uniformly drawn entry may have a zero gradient and zero weight
+            assert torch.equal(changed[name], union), name
+    for step in masks:
+        assert sum(int(m.sum()) for m in step.values()) == 200  # exact budget every step
+    frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad]
+    assert frozen and all(not changed[n].any() for n in frozen)  # embeddings are not candidates
+
+
+def test_stochastic_changes_exactly_k_entries_per_step(tiny_bert, glue_dir, tmp_path):
+    from sftune.artifacts import RunDir, read_jsonl
+    from sftune.run import train_run
+
+    trainer = make_trainer(tiny_bert, glue_dir, "stochastic", "update", steps=3, method__k=150)
+    cfg = trainer.cfg
+    run = RunDir(tmp_path / "r")
+    train_run(cfg, run, __import__("sftune.engine.loop", fromlist=["Reporter"]).Reporter())
+    records = [r for r in read_jsonl(run.metrics) if r["type"] == "train"]
+    total = sum(p.numel() for p in trainer.model.parameters())
+    head = sum(p.numel() for n, p in trainer.model.named_parameters() if n.startswith("classifier."))
+    for r in records:
+        assert round(r["changed"] * total) == 150 + head
+        assert round(r["selected"] * total) == 150 + head
+
+
+def test_grad_mode_lets_adamw_move_unselected_entries(tiny_bert, glue_dir):
+    trainer = make_trainer(tiny_bert, glue_dir, "top", "grad", steps=3, method__k=100)
+    masks = record_masks(trainer)
+    before = snapshot(trainer)
+    trainer.train()
+    changed = changed_sets(before, trainer)
+    moved_outside = sum(int((changed[n] & ~masks[-1].get(n, torch.zeros_like(changed[n]))).sum())
+                        for n in trainer.method.candidates)
+    assert moved_outside > 0  # momentum and weight decay: the drift the reference mode hides
+
+
+def test_importance_by_hand():
+    w = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
+    g = torch.tensor([[0.5, 0.5], [-1.0, 2.0]])
+    mu = torch.tensor([2.0, 0.1])
+    out = torch.empty(2, 2)
+    squared_importance_(out, "linear_weight", w, g, mu)
+    expected = (mu.unsqueeze(0) * w * g) ** 2  # mu over input columns, broadcast over rows
+    assert torch.allclose(out, expected)
+    b, gb = torch.tensor([1.0, -3.0]), torch.tensor([2.0, 1.0])
+    assert torch.allclose(squared_importance_(torch.empty(2), "bias", b, gb, None), (b * gb) ** 2)
+
+
+def test_top_picks_the_exact_top_k_of_the_importance(tiny_bert, glue_dir):
+    trainer = make_trainer(tiny_bert, glue_dir, "top", "grad", steps=1, method__k=50)
+    method = trainer.method
+    captured = {}
+    original = method.scores
+
+    def scores():
+        s = original()
+        captured["s"] = s.clone()
+        return s
+
+    method.scores = scores
+    masks = record_masks(trainer)
+    trainer.train()
+    chosen = torch.cat([masks[0][n].reshape(-1) for n in method.candidates])
+    top = torch.topk(captured["s"], 50).values
+    assert torch.equal(torch.sort(captured["s"][chosen]).values, torch.sort(top).values)
+
+
+def test_mu_averages_non_padding_tokens():
+    from torch import nn
+
+    from sftune.methods.importance import InputMeans
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x, attention_mask=None):
+            return self.lin(x)
+
+    model = Tiny()
+    means = InputMeans(model, {"lin"})
+    x = torch.tensor([[[1.0, -2.0], [100.0, 100.0]], [[3.0, 4.0], [-5.0, 6.0]]])
+    mask = torch.tensor([[1, 0], [1, 1]])  # the 100s are padding
+    model(x, attention_mask=mask)
+    assert torch.allclose(means.pop("lin"), torch.tensor([(1 + 3 + 5) / 3, (2 + 4 + 6) / 3]))
+
+
+def test_random_is_uniform_over_candidates(tiny_bert, glue_dir):
+    trainer = make_trainer(tiny_bert, glue_dir, "random", "grad", steps=1, method__k=20)
+    method = trainer.method
+    counts = {n: 0 for n in method.candidates}
+    for step in range(300):
+        for name, idx in method.select(step + 1).items():
+            counts[name] += idx.numel()
+    sizes = {n: p.numel() for n, p in method.candidates.items()}
+    n = sum(sizes.values())
+    big = max(sizes, key=sizes.get)
+    expected = 300 * 20 * sizes[big] / n
+    assert abs(counts[big] - expected) < 5 * expected ** 0.5
+
+
+def test_same_seed_same_masks_and_resumable_generator(tiny_bert, glue_dir):
+    a = make_trainer(tiny_bert, glue_dir, "random", steps=1, method__k=30)
+    b = make_trainer(tiny_bert, glue_dir, "random", steps=1, method__k=30)
+    first, other = a.method.select(1), b.method.select(1)
+    assert all(torch.equal(first[n], other[n]) for n in first)
+    state = a.method.state_dict()
+    nxt = a.method.select(2)
+    c = make_trainer(tiny_bert, glue_dir, "random", steps=1, method__k=30)
+    c.method.load_state_dict(state)
+    resumed = c.method.select(2)
+    assert all(torch.equal(nxt[n], resumed[n]) for n in nxt)
+    assert not all(torch.equal(nxt[n], first[n]) for n in nxt)
+
+
+def test_child_tuning_f_keeps_share_p_and_rescales(tiny_bert, glue_dir):
+    trainer = make_trainer(tiny_bert, glue_dir, "child-tuning-f", steps=1, method__p=0.3)
+    method = trainer.method
+    grads = {}
+    for name, p in method.candidates.items():
+        p.grad = torch.randn_like(p)
+        grads[name] = p.grad.clone()
+    method.after_backward(1)
+    kept = total = 0
+    for name, p in method.candidates.items():
+        mask = method.masks[name]
+        assert torch.allclose(p.grad, grads[name] * mask / 0.3)
+        kept += int(mask.sum())
+        total += mask.numel()
+    assert abs(kept / total - 0.3) < 0.02
+    head = [p for n, p in trainer.model.named_parameters() if n.startswith("classifier.")]
+    assert head and all(not any(p is q for q in method.candidates.values()) for p in head)
+
+
+def test_child_tuning_d_fisher_mask_by_hand(tiny_bert, glue_dir):
+    """Per-tensor clipping, F += g^2 / n over the batches, one global numpy-percentile threshold, fixed mask."""
+    trainer = make_trainer(tiny_bert, glue_dir, "child-tuning-d", steps=2, method__p=0.2,
+                           method__fisher_batches=3, model__dropout=0.0, train__max_grad_norm=0.5)
+    method = trainer.method
+    masks = record_masks(trainer)
+    model = trainer.model
+    fisher = {n: torch.zeros_like(p) for n, p in method.candidates.items()}
+    batches = 0
+    for batch in method.ctx.train_loader:
+        if batches == 3:
+            break
+        batch = {k: v for k, v in batch.items() if k != "idx"}
+        model.zero_grad()
+        model(**batch).loss.backward()
+        for n, p in method.candidates.items():
+            g = p.grad
+            norm = g.norm()
+            g = g * min(1.0, 0.5 / (float(norm) + 1e-6))
+            fisher[n] += g * g / 3
+        batches += 1
+    model.zero_grad()
+    trainer.train()
+    allf = np.concatenate([f.reshape(-1).numpy() for f in fisher.values()])
+    tau = np.percentile(allf, 80)
+    for name, f in fisher.items():
+        expected = f.numpy() >= tau
+        got = masks[0][name].numpy()
+        assert (expected != got).sum() <= max(2, int(1e-4 * f.numel())), name  # float summation-order ties only
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])  # fixed for the run
+    assert all("layer" in n for n in method.candidates)
+    share = sum(int(m.sum()) for m in masks[0].values()) / sum(m.numel() for m in masks[0].values())
+    assert abs(share - 0.2) < 0.01
+
+
+@pytest.mark.parametrize("method,expect", [("attention", ("attention",)), ("layernorm", ("LayerNorm",))])
+def test_structural_subsets(tiny_bert, glue_dir, method, expect):
+    trainer = make_trainer(tiny_bert, glue_dir, method, steps=1)
+    for name, p in trainer.model.named_parameters():
+        wanted = name.startswith("classifier.") or (any(e in name for e in expect)
+                                                    and not (method == "attention" and "LayerNorm" in name))
+        assert p.requires_grad == wanted, name
