@@ -9,6 +9,7 @@ from typing import Any
 
 from sftune.artifacts import RunDir, atomic_write_json, atomic_write_text, new_manifest, replace_dir
 from sftune.config import RunConfig, build, dump_yaml, load_yaml
+from sftune.diff import changed_counts, save_diff
 from sftune.engine.loop import Interrupted, Reporter, Trainer
 from sftune.errors import UsageError
 
@@ -124,6 +125,14 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
         "train_seconds": trainer.state.train_seconds,
         "trainable": info["trainable"],
     }
+    # Changed entries vs the pre-trained weights (and the sparse diff artifact when it is smaller).
+    reference = trainer.reference_weights()
+    counts = changed_counts(model, reference, trainer.groups)
+    results["sparsity"] = counts
+    if counts["share"] < 0.5:
+        results["diff"] = {k: v for k, v in save_diff(model, reference, trainer.groups, run_dir.path).items()
+                           if k != "changed"}
+    del reference
     for plugin in trainer.plugins:
         results.update(getattr(plugin, "summary_stats", lambda: {})())
     atomic_write_json(run_dir.results, results)

@@ -14,7 +14,9 @@ from sftune.cli import app
 from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
 from sftune.cli.render import print_results
 from sftune.config import build, load_yaml, parse_set, set_dotted
+from sftune.diff import apply_diff
 from sftune.engine.loop import Trainer
+from sftune.errors import UsageError
 from sftune.tasks import get_task
 
 
@@ -30,15 +32,22 @@ def evaluate(
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where predictions and "
                           "metrics go (default: RUN_DIR/eval-TASK, or runs/eval-MODEL-TASK).")] = None,
+    from_diff: Annotated[bool, typer.Option("--from-diff", help="Rebuild the model as the run's base model plus "
+                         "its diff.safetensors (the sparse artifact) instead of loading model/.")] = False,
     format_: Format = "table",
 ) -> None:
     check_format(format_)
     task_name = get_task(task).name
     run = RunDir(target)
     tree: dict = {"task": task_name, "method": {"name": "full"}}
-    if run.config.is_file() and run.model.is_dir():
+    diff_path = run.path / "diff.safetensors"
+    if from_diff and not (run.config.is_file() and diff_path.is_file()):
+        raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
+                         "the weights write one). Evaluate the run directory without --from-diff.")
+    if run.config.is_file() and (run.model.is_dir() or from_diff):
         stored = load_yaml(run.config, what="run config")
-        tree["model"] = {"name": str(run.model), "dropout": None}
+        base = dict(stored.get("model") or {})
+        tree["model"] = {**base, "dropout": None} if from_diff else {"name": str(run.model), "dropout": None}
         tree["data"] = dict(stored.get("data") or {})
         if stored.get("task") != task_name:  # another task's files would not fit
             tree["data"].update(train_file=None, validation_file=None, text_columns=None)
@@ -57,6 +66,8 @@ def evaluate(
     cfg = build(tree)
     trainer = Trainer(cfg)
     trainer.build(need_train=False)
+    if from_diff:
+        apply_diff(trainer.accelerator.unwrap_model(trainer.model), diff_path)
     metrics, predictions = trainer.evaluate()
     out = RunDir(output_dir or default_out)
     for split, rows in predictions.items():

@@ -122,6 +122,20 @@ class Trainer:
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
 
+    def reference_weights(self) -> dict[str, torch.Tensor]:
+        """The weights training started from: the pre-trained model plus the head the seed initialised.
+        Rebuilt from disk with the same seed (memory is needed only at the end, not during training)."""
+        cfg = self.cfg
+        set_seed(cfg.train.seed)
+        base = load_model(cfg.model.name, self.task.num_labels, self.task.label_names, cfg.model.trust_remote_code,
+                          cfg.model.revision, cfg.model.dropout)
+        # Methods that modify weights before training (re-initialisation) record their own starting point.
+        for plugin in self.plugins:
+            start = getattr(plugin, "initial_weights", None)
+            if start is not None:
+                base.load_state_dict(start(), strict=False)
+        return {n: p.detach() for n, p in base.named_parameters()}
+
     def info(self) -> dict[str, Any]:
         table = trainable_table(self.accelerator.unwrap_model(self.model))
         return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method["name"],
