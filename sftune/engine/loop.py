@@ -21,6 +21,7 @@ from sftune.config import RunConfig
 from sftune.data import load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sftune.engine.sparsity import SparsityMeter
+from sftune.engine.timing import NullTimer
 from sftune.engine.optim import build_optimizer, build_scheduler, merge_groups, param_groups, total_steps
 from sftune.methods.base import Hooks, RunContext
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
@@ -64,6 +65,7 @@ class Trainer:
         self.task = get_task(cfg.task)
         self.extra_plugins = list(extra_plugins or [])
         self.state = TrainerState()
+        self.phases = NullTimer()  # the profiler swaps in a PhaseTimer
 
     # ------------------------------------------------------------------------------------------- build
     def build(self, need_train: bool = True) -> None:
@@ -214,37 +216,45 @@ class Trainer:
         batch = dict(batch)
         batch.pop("idx", None)
         step = st.step + 1
+        timer = self.phases
         with acc.accumulate(self.model):
-            for plugin in self.plugins:
-                plugin.before_forward(step)
-            outputs = self.model(**batch)
-            loss = outputs.loss
-            for plugin in self.plugins:
-                extra = plugin.extra_loss(self.model, batch, outputs)
-                if extra is not None:
-                    loss = loss + extra
-            acc.backward(loss)
+            with timer("forward"):
+                for plugin in self.plugins:
+                    plugin.before_forward(step)
+                outputs = self.model(**batch)
+                loss = outputs.loss
+            with timer("extra_loss"):
+                for plugin in self.plugins:
+                    extra = plugin.extra_loss(self.model, batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra
+            with timer("backward"):
+                acc.backward(loss)
             window["loss"] += loss.detach().float().item()
             window["n"] += 1
             window["examples"] += batch["input_ids"].shape[0]
             if not acc.sync_gradients:
                 return False
-            acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
-            for plugin in self.plugins:
-                plugin.after_backward(step)
-            if self.cfg.train.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.trainable_params, self.cfg.train.max_grad_norm)
+            with timer("selection"):
+                acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
+                for plugin in self.plugins:
+                    plugin.after_backward(step)
             measure = self.cfg.train.measure_changed and self._is_log_step(step)
             if measure:
                 self.meter.take_snapshot()
-            if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
-                self.optimizer.step()
+            with timer("optimizer"):
+                if self.cfg.train.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.trainable_params, self.cfg.train.max_grad_norm)
+                if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
+                    self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
             if measure:
                 self.meter.measure_changed()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            for plugin in self.plugins:
-                plugin.after_step(step)
+            with timer("selection"):
+                for plugin in self.plugins:
+                    plugin.after_step(step)
+            timer.end_step()
         return True
 
     def _log(self, window: dict) -> None:
