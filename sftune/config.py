@@ -73,6 +73,10 @@ class TrainConfig:
     log_every: int = option(10, "Record metrics every N optimizer steps.")
     save_every: int | None = option(None, "Checkpoint every N steps; default: at every evaluation.")
     cpu: bool = option(False, "Train on the CPU even when an accelerator is present.")
+    check_masks: bool = option(True, "In multi-process runs, compare a hash of each step's masks across ranks "
+                               "and stop on divergence.")
+    mask_hash_log: str | None = option(None, "Directory where every rank appends its per-step mask hashes "
+                                       "(rank<N>.jsonl), to debug divergence.")
     measure_changed: bool = option(True, "On logged steps, count the entries the step really changed "
                                    "(costs a transient copy of the trainable weights on those steps).")
 

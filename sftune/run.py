@@ -56,12 +56,20 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
     trainer.build()
     if dry_run:
         return {"status": "dry-run", **trainer.info()}
-    if overwrite:
-        run_dir.clear()  # only now: every input has been checked and the model and data loaded
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.config, dump_yaml(cfg.to_dict()))
+    acc = trainer.accelerator
+    main = acc.is_main_process  # in multi-process runs only rank 0 writes files and renders tables
+    if not main:
+        reporter = trainer.reporter = Reporter()
+    if main:
+        if overwrite:
+            run_dir.clear()  # only now: every input has been checked and the model and data loaded
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir.config, dump_yaml(cfg.to_dict()))
     manifest = _manifest(run_dir, cfg, trainer, resume)
-    atomic_write_json(run_dir.manifest, manifest)
+    manifest["num_processes"] = acc.num_processes
+    write = (lambda: atomic_write_json(run_dir.manifest, manifest)) if main else (lambda: None)
+    write()
+    acc.wait_for_everyone()
     resumed = trainer.resume() if resume else False
     manifest["resumed_from_step"] = trainer.state.step if resumed else None
     reporter.start(trainer.info())
@@ -71,18 +79,19 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
     except Interrupted:
         manifest["status"] = "interrupted"
         manifest["timings"]["interrupted"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(run_dir.manifest, manifest)
+        write()
         reporter.finish({"metrics": trainer.state.last_eval, "run_dir": str(run_dir.path)})
         raise
     except BaseException:
         manifest["status"] = "failed"
-        atomic_write_json(run_dir.manifest, manifest)
+        write()
         raise
-    results = _finish(trainer, run_dir, metrics)
+    results = _finish(trainer, run_dir, metrics) if main else {"status": "complete", "metrics": metrics}
     manifest["status"] = "complete"
     manifest["timings"].update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), train_seconds=trainer.state.train_seconds,
                                wall_seconds_this_session=time.time() - t0)
-    atomic_write_json(run_dir.manifest, manifest)
+    write()
+    acc.wait_for_everyone()
     reporter.finish(results)
     return results
 

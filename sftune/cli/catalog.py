@@ -29,9 +29,21 @@ def methods_document() -> list[dict]:
     return out
 
 
+def methods_markdown() -> str:
+    """The methods table of docs/methods.md (generated: a test keeps the file in sync)."""
+    lines = ["| name | kind | what it trains | options (default) |", "|---|---|---|---|"]
+    for m in methods_document():
+        opts = "; ".join(f"`{o['name']}` ({o['default']}): {o['help']}" for o in m["options"]) or "-"
+        lines.append(f"| `{m['name']}` | {m['kind']} | {m['summary']} | {opts} |")
+    return "\n".join(lines) + "\n"
+
+
 @app.command("methods", help="List the fine-tuning methods and their options.")
 @user_errors
 def list_methods(format_: Format = "table") -> None:
+    if format_ == "markdown":
+        typer.echo(methods_markdown(), nl=False)
+        return
     check_format(format_)
     doc = methods_document()
     if format_ == "json":

@@ -21,10 +21,12 @@ from sftune.config import RunConfig
 from sftune.data import load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sftune.engine.sparsity import SparsityMeter
+from sftune.engine.distributed import MaskCheck
 from sftune.engine.timing import NullTimer
 from sftune.engine.optim import build_optimizer, build_scheduler, merge_groups, param_groups, total_steps
 from sftune.methods.base import Hooks, RunContext
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
+from sftune.errors import UsageError
 from sftune.registry import get_method, get_regularizer
 from sftune.tasks import get_task
 
@@ -73,8 +75,17 @@ class Trainer:
 
         cfg, task = self.cfg, self.task
         tcfg = cfg.train
+        from accelerate import DataLoaderConfiguration
+
+        # split_batches: batch_size is the global batch whatever the number of processes, so a run on N
+        # processes takes the same optimizer steps as on one (and its masks come from the same gradients).
         self.accelerator = Accelerator(mixed_precision=tcfg.precision, cpu=tcfg.cpu,
-                                       gradient_accumulation_steps=tcfg.grad_accum)
+                                       gradient_accumulation_steps=tcfg.grad_accum,
+                                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+        world = self.accelerator.num_processes
+        if need_train and (tcfg.batch_size // tcfg.grad_accum) % world:
+            raise UsageError(f"train.batch_size / train.grad_accum = {tcfg.batch_size // tcfg.grad_accum} must be "
+                             f"divisible by the {world} processes (each takes an equal share of every batch).")
         self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision)
         self.splits = load_splits(task, cfg.data, need_train=need_train)
         train = self.splits.train
@@ -123,6 +134,7 @@ class Trainer:
             plugin.on_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
+        self.mask_check = MaskCheck(self.accelerator, tcfg.check_masks, tcfg.mask_hash_log)
 
     def reference_weights(self) -> dict[str, torch.Tensor]:
         """The weights training started from: the pre-trained model plus the head the seed initialised.
@@ -156,7 +168,8 @@ class Trainer:
         self.state = TrainerState(**state)
         self._rng = rng
         restore_rng(rng)
-        self.run_dir.truncate_metrics(self.state.step)
+        if self.accelerator.is_main_process:
+            self.run_dir.truncate_metrics(self.state.step)
         return True
 
     def train(self) -> dict[str, Any]:
@@ -239,6 +252,7 @@ class Trainer:
                 acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
                 for plugin in self.plugins:
                     plugin.after_backward(step)
+                self.mask_check.check(step, getattr(self.method, "masks", None))
             measure = self.cfg.train.measure_changed and self._is_log_step(step)
             if measure:
                 self.meter.take_snapshot()

@@ -29,7 +29,7 @@ class ChildTuningD(MaskedMethod):
                "F += g^2 / n_batches. Candidates: parameters whose name contains 'layer' (encoder layers); "
                "embeddings, pooler and head always train. One global threshold tau = the (1-p) quantile of all "
                "candidate scores (NumPy percentile, linear interpolation, computed on the device); M = F >= tau. "
-               "Masks are kept bit-packed (1 bit per entry) between steps.")
+               "The mask is kept as bool (1 B per candidate entry) and saved bit-packed in checkpoints.")
     Options = ChildTuningDOptions
 
     def candidate(self, name, param) -> bool:
@@ -41,8 +41,10 @@ class ChildTuningD(MaskedMethod):
         super().setup(ctx)
         if not self.candidates:
             raise UsageError("method child-tuning-d: the model has no parameters whose name contains 'layer'.")
-        self.packed: dict[str, torch.Tensor] = {}
-        self.fisher_done = False
+        # Before the optimizer and before accelerate wraps the model (a backward through the unwrapped
+        # model of a DDP run would confuse DDP's reducer). A resumed run recomputes the same mask and then
+        # loads the saved one.
+        self._fisher_pass()
 
     def _fisher_pass(self) -> None:
         ctx = self.ctx
@@ -54,9 +56,12 @@ class ChildTuningD(MaskedMethod):
         n_batches = 0
         limit = self.options.fisher_batches
         max_norm = ctx.config.train.max_grad_norm
-        for batch in ctx.train_loader:
-            if limit is not None and n_batches >= limit:
+        rank, world = ctx.accelerator.process_index, ctx.accelerator.num_processes
+        for i, batch in enumerate(ctx.train_loader):
+            if limit is not None and i >= limit:
                 break
+            if i % world != rank:  # multi-process: each rank takes every world-th batch; summed below
+                continue
             batch = {k: v.to(device) for k, v in batch.items() if k != "idx"}
             model.zero_grad(set_to_none=True)
             model(**batch).loss.backward()
@@ -70,29 +75,30 @@ class ChildTuningD(MaskedMethod):
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         names = list(fisher)
+        if world > 1:
+            flat = torch.cat([fisher[n].reshape(-1) for n in names] + [torch.tensor([float(n_batches)], device=device)])
+            flat = ctx.accelerator.reduce(flat, reduction="sum")
+            n_batches = int(flat[-1].item())
+            offset = 0
+            for n in names:
+                size = fisher[n].numel()
+                fisher[n] = flat[offset:offset + size].view_as(fisher[n])
+                offset += size
         for n in names:
             fisher[n].div_(max(n_batches, 1))
         masks = global_threshold_mask([fisher[n] for n in names], self.options.p)
-        self.packed = {n: pack_bits(m) for n, m in zip(names, masks)}
+        self.fixed = dict(zip(names, masks))
         self.fisher_batches_used = n_batches
-        self.fisher_done = True
-
-    def on_optimizer(self, optimizer) -> None:
-        super().on_optimizer(optimizer)
-        if not self.fisher_done:  # not restored from a checkpoint: compute it now, before the first step
-            self._fisher_pass()
 
     def select(self, step):
-        if not self.fisher_done:
-            self._fisher_pass()
-        return {n: unpack_bits(self.packed[n], p.numel(), p.shape) for n, p in self.candidates.items()}
+        return self.fixed  # the same tensors every step: fixed for the run
 
     def state_dict(self):
-        return {"packed": dict(self.packed), "fisher_done": self.fisher_done}
+        return {"packed": {n: pack_bits(m) for n, m in self.fixed.items()}}
 
     def load_state_dict(self, state):
-        self.packed = dict(state["packed"])
-        self.fisher_done = bool(state["fisher_done"])
+        self.fixed = {n: unpack_bits(packed, self.candidates[n].numel(), self.candidates[n].shape)
+                      for n, packed in state["packed"].items()}
 
     def state_bytes(self) -> dict[str, int]:
-        return {"mask": sum(t.numel() for t in self.packed.values())}
+        return {"mask": sum(t.numel() for t in self.fixed.values())}

@@ -3,7 +3,9 @@
 `mu` for an nn.Linear is the mean of |x_j| over the batch and the non-padding tokens of its input, one value
 per input feature, broadcast over output rows (sftune choice; `signed` uses the signed mean). For biases the
 input is 1 (I = |b * g|); a LayerNorm weight uses mu = mean |x_hat| of its normalised input; a LayerNorm
-bias uses I = |beta * g|. With gradient accumulation, mu averages the micro-batches of the step.
+bias uses I = |beta * g|. mu is the mean over every non-padding token of the optimizer step: with gradient
+accumulation and across the ranks of a multi-process run, token-weighted sums and counts are added up, so
+mu is the same however the step's batch is split.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class InputMeans:
     def __init__(self, model: nn.Module, module_names: set[str], signed: bool = False):
         self.signed = signed
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, torch.Tensor] = {}
         self.attention_mask: torch.Tensor | None = None
         self.handles = [model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
         for name, module in model.named_modules():
@@ -40,23 +42,36 @@ class InputMeans:
             mask = self.attention_mask
             if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
                 w = mask.to(x.dtype).unsqueeze(-1)
-                total = (x * w).sum((0, 1)) / w.sum().clamp_min(1)
+                total, count = (x * w).sum((0, 1)), w.sum()
             else:  # pooled [batch, features] inputs, or shapes that are not [batch, tokens, features]
-                total = x.reshape(-1, x.shape[-1]).mean(0)
+                flat = x.reshape(-1, x.shape[-1])
+                total, count = flat.sum(0), torch.tensor(float(flat.shape[0]), device=x.device)
             if name in self.sums:
                 self.sums[name] += total
-                self.counts[name] += 1
+                self.counts[name] += count
             else:
-                self.sums[name] = total
-                self.counts[name] = 1
+                self.sums[name], self.counts[name] = total, count
 
         return hook
+
+    def all_reduce(self, accelerator) -> None:
+        """Add up the pending sums and token counts of all ranks (one collective), so every rank scores alike."""
+        if accelerator.num_processes < 2 or not self.sums:
+            return
+        names = sorted(self.sums)
+        flat = torch.cat([torch.cat([self.sums[n], self.counts[n].view(1)]) for n in names])
+        flat = accelerator.reduce(flat, reduction="sum")
+        offset = 0
+        for n in names:
+            size = self.sums[n].numel()
+            self.sums[n], self.counts[n] = flat[offset:offset + size], flat[offset + size]
+            offset += size + 1
 
     def pop(self, name: str) -> torch.Tensor | None:
         """The mean over the micro-batches since the last pop (None if the module did not run)."""
         if name not in self.sums:
             return None
-        out = self.sums.pop(name) / self.counts.pop(name)
+        out = self.sums.pop(name) / self.counts.pop(name).clamp_min(1)
         return out.abs() if not self.signed else out
 
     def remove(self) -> None:

@@ -32,6 +32,7 @@ class ScoredMethod(BudgetMethod):
 
     def scores(self) -> torch.Tensor:
         """I^2 of every candidate entry, flat, in candidate order."""
+        self.means.all_reduce(self.ctx.accelerator)
         for name, p in self.candidates.items():
             kind = self.kinds[name]
             mu = self.means.pop(name.rsplit(".", 1)[0]) if kind in ("linear_weight", "ln_weight") else None
