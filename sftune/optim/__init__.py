@@ -1,0 +1,5 @@
+"""Optimizers: exact masked AdamW for ``--mask-mode update``."""
+
+from .masked_adamw import COUNT_MAX, MaskedAdamW, masked_adamw_step_
+
+__all__ = ["COUNT_MAX", "MaskedAdamW", "masked_adamw_step_"]
