@@ -246,5 +246,8 @@ def make_loader(ds, tokenizer, batch_size: int, shuffle_seed: int | None = None)
     from transformers import DataCollatorWithPadding
 
     sampler = EpochSampler(len(ds), shuffle_seed) if shuffle_seed is not None else None
+    # A private generator: building a DataLoader iterator draws a base seed, and drawing it from the global
+    # RNG would make a resumed run's dropout masks differ from an uninterrupted run's.
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
-                                       collate_fn=DataCollatorWithPadding(tokenizer))
+                                       collate_fn=DataCollatorWithPadding(tokenizer),
+                                       generator=torch.Generator().manual_seed(0))

@@ -71,6 +71,8 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
     write()
     acc.wait_for_everyone()
     resumed = trainer.resume() if resume else False
+    if resume and not resumed and main:
+        run_dir.truncate_metrics(0)  # nothing to resume from: start over without duplicate step records
     manifest["resumed_from_step"] = trainer.state.step if resumed else None
     reporter.start(trainer.info())
     t0 = time.time()
@@ -86,11 +88,13 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
         manifest["status"] = "failed"
         write()
         raise
-    results = _finish(trainer, run_dir, metrics) if main else {"status": "complete", "metrics": metrics}
     manifest["status"] = "complete"
     manifest["timings"].update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), train_seconds=trainer.state.train_seconds,
                                wall_seconds_this_session=time.time() - t0)
+    # The manifest says complete before results.json exists: results.json is what marks a run complete
+    # (RunDir.is_complete), so a kill between the two writes leaves an incomplete run, never a stale manifest.
     write()
+    results = _finish(trainer, run_dir, metrics) if main else {"status": "complete", "metrics": metrics}
     acc.wait_for_everyone()
     reporter.finish(results)
     return results
@@ -105,6 +109,10 @@ def _manifest(run_dir: RunDir, cfg: RunConfig, trainer: Trainer, resume: bool) -
     manifest = new_manifest(cfg.train.seed, trainer.splits.fingerprints)
     manifest["data_source"] = trainer.splits.source
     manifest["n_train"] = trainer.n_train
+    if cfg.data.train_size:
+        manifest["subset"] = {"size": trainer.n_train, "requested": cfg.data.train_size,
+                              "stratified": cfg.data.stratified, "seed": cfg.train.seed,
+                              "idx_md5": trainer.train_subset_md5}
     return manifest
 
 

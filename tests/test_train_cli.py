@@ -94,11 +94,13 @@ def test_eval_of_a_run_reproduces_its_metrics(cli, tiny_bert, glue_dir, tmp_path
     assert (out / "eval-rte" / "predictions" / "validation.jsonl").is_file()
 
 
-def test_interrupted_run_resumes_to_the_same_weights(cli, tiny_bert, glue_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule", ["train.eval_every=2", "train.save_every=1"])
+def test_interrupted_run_resumes_to_the_same_weights(cli, tiny_bert, glue_dir, tmp_path, monkeypatch, schedule):
+    """With evaluations between steps, and with checkpoints only (no evaluation draws between them)."""
     from sftune.engine import loop
 
     args = ("train", tiny_bert, "rte", "--data-dir", glue_dir, "--max-steps", "6", "--batch-size", "8",
-            "--set", "data.train_size=24", "--set", "train.eval_every=2", "--set", "data.eval_batch_size=128")
+            "--set", "data.train_size=24", "--set", schedule, "--set", "data.eval_batch_size=128")
     straight = tmp_path / "straight"
     assert cli(*args, "-o", straight)[0] == 0
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,7 @@ class Trainer:
         train = self.splits.train
         if need_train and cfg.data.train_size:
             train = subsample(train, cfg.data.train_size, tcfg.seed, cfg.data.stratified, task)
+            self.train_subset_md5 = hashlib.md5(",".join(map(str, train["idx"])).encode()).hexdigest()
         self.n_train = len(train) if train is not None else 0
         self.eval_sets = {s: tokenize(d, self.tokenizer, task, cfg.data.max_length) for s, d in self.splits.evals.items()}
         self.eval_raw = self.splits.evals
