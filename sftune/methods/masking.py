@@ -13,7 +13,8 @@ and this base class applies them (methods.md section 0):
 * `grad` mode (reference): `g <- g * M` after backward and before clipping and AdamW, as the authors' code
   does. AdamW's momentum and decoupled weight decay still move unselected entries.
 * `update` mode (exact): the masks go to `MaskedAdamW`, which updates only selected entries (their moments,
-  bias correction and weight decay only), so exactly the selected entries change.
+  bias correction and weight decay only), so exactly the selected entries change. The gradient is masked
+  too, so clipping sees the same norm as in grad mode.
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ class MaskedMethod(Method):
 
     def after_backward(self, step: int) -> None:
         self.masks = self.select(step)
-        if self.mask_mode == "update":
-            for name, p in self.candidates.items():
-                if p.requires_grad:
-                    self.optimizer.set_mask(p, self.masks.get(name))
-            return
+        # Both modes zero the gradient outside the mask before clipping, so the clipping norm is the
+        # reference's (the norm of the masked gradient).
         for name, mask in self.masks.items():
             grad = self.candidates[name].grad
             if grad is not None:
                 apply_mask_(grad, mask)
+        if self.mask_mode == "update":
+            for name, p in self.candidates.items():
+                if p.requires_grad:
+                    self.optimizer.set_mask(p, self.masks.get(name))
 
     # ------------------------------------------------------------------------------------------ counts
     def selected_counts(self) -> dict[str, torch.Tensor | int]:

@@ -7,6 +7,9 @@ A mixed Linear computes with
 and its weight receives the gradient `h * R` where h = dL/dW_eff. That is the reference implementations'
 rule (DPS and Mixout code): no `scale` factor in the backward pass (methods.md section 3).
 
+R may also be a mask of the weight's own shape (element-wise, DPS Mix's Stage II: `W_eff = S + M*(W-S)*scale`,
+gradient `h * M`); a 1-D R is per input column.
+
 W_eff is recomputed in the backward pass instead of being saved, so a mixed Linear keeps no weight-sized
 activation between forward and backward: the memory it costs is the target T only (and the tiny column mask).
 Evaluation (module.eval()) uses the raw weights W, as the reference code does.
@@ -21,8 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _broadcast(mask, weight):
+    # A 1-D mask is per input column (broadcast over rows); one of the weight's shape is element-wise.
+    return mask if mask.dim() == weight.dim() else mask.unsqueeze(0)
+
+
 def _effective(weight, target, col_mask, scale):
-    return torch.addcmul(target, weight - target, (col_mask * scale).to(weight.dtype).unsqueeze(0))
+    return torch.addcmul(target, weight - target, _broadcast((col_mask * scale).to(weight.dtype), weight))
 
 
 class _MixedLinear(torch.autograd.Function):
@@ -50,7 +58,7 @@ class _MixedLinear(torch.autograd.Function):
             grad_x = (grad_out @ w_eff.to(grad_out.dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
             h = g2.t().float() @ x.reshape(-1, x.shape[-1]).float()  # dL/dW_eff
-            grad_w = (h * col_mask.to(h.dtype).unsqueeze(0)).to(weight.dtype)  # reference: h * R, no scale
+            grad_w = (h * _broadcast(col_mask.to(h.dtype), weight)).to(weight.dtype)  # reference: h * R, no scale
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b, None, None, None
