@@ -25,6 +25,27 @@ def _method_help() -> str:
     return "Method: " + ", ".join(methods()) + ". See 'sftune methods'."
 
 
+def training_tree(model: str, task: str, method: str, preset: str | None, reg: list[str] | None,
+                  set_: list[str] | None, options: dict, base: dict | None = None) -> dict:
+    """The config tree of a training run: base <- preset (config, tasks[task]) <- options (dotted keys; None
+    means not given) <- --reg <- --set. Shared by `train` and `transfer`."""
+    tree: dict = deep_merge(base or {}, {"model": {"name": model}, "task": task, "method": {"name": method}})
+    if preset:
+        found = load_preset(preset)
+        tree = deep_merge(tree, found.for_task(task))
+        tree["preset"] = found.name
+    for key, value in options.items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    if options.get("train.epochs") is not None and options.get("train.max_steps") is None:
+        tree.get("train", {}).pop("max_steps", None)  # an explicit --epochs beats a preset's fixed step count
+    if reg:
+        tree["regs"] = list(tree.get("regs") or []) + [parse_reg(r) for r in reg]
+    for key, value in parse_set(set_ or []).items():
+        set_dotted(tree, key, value)
+    return tree
+
+
 @app.command(help="Fine-tune MODEL on TASK (" + ", ".join(TASKS) + ") and write a run directory.")
 @user_errors
 def train(
@@ -59,26 +80,11 @@ def train(
 ) -> None:
     check_format(format_)
     task_name = get_task(task).name
-    tree: dict = {"model": {"name": model}, "task": task_name, "method": {"name": method}}
-    if preset:
-        found = load_preset(preset)
-        tree = deep_merge(tree, found.for_task(task_name))
-        tree["preset"] = found.name
     cli = {"train.seed": seed, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
            "train.batch_size": batch_size, "data.data_dir": data_dir, "data.train_file": train_file,
-           "data.validation_file": validation_file, "data.train_size": train_size, "method.mask_mode": mask_mode}
-    if stratified:
-        cli["data.stratified"] = True
-    for key, value in cli.items():
-        if value is not None:
-            set_dotted(tree, key, value)
-    if epochs is not None and max_steps is None:
-        tree["train"].pop("max_steps", None)  # an explicit --epochs beats a preset's fixed step count
-    if reg:
-        tree["regs"] = list(tree.get("regs") or []) + [parse_reg(r) for r in reg]
-    for key, value in parse_set(set_ or []).items():
-        set_dotted(tree, key, value)
-    cfg = build(tree)
+           "data.validation_file": validation_file, "data.train_size": train_size, "method.mask_mode": mask_mode,
+           "data.stratified": True if stratified else None}
+    cfg = build(training_tree(model, task_name, method, preset, reg, set_, cli))
     run_dir = RunDir(output_dir or default_output_dir(cfg))
     reporter = reporter_for(format_)
     try:
