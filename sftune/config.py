@@ -13,6 +13,7 @@ The resolved configuration is a nested mapping written to `config.yaml` in the r
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import types
 import typing
 from dataclasses import dataclass, field
@@ -312,6 +313,8 @@ def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[st
         values = dict(by_name.get(name, {}))
         values.update(dataclasses.asdict(cls.Options()) if name not in by_name else {})
         for key, value in entry.items():
+            if key not in fields and keyword.iskeyword(key) and f"{key}_" in fields:
+                key = f"{key}_"  # a Python keyword names the field with a trailing _: r3f:lambda=1 -> lambda_
             if key not in fields:
                 errors.append(f"unknown option '{key}' for regulariser {name}.{did_you_mean(key, fields)} "
                               f"Its options: {', '.join(fields) or 'none'}")

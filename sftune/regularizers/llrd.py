@@ -1,0 +1,78 @@
+"""llrd: layer-wise learning-rate decay (Howard & Ruder 2018; ELECTRA's fine-tuning recipe; methods.md
+section 5).
+
+With N layers (`reinit.layer_stack`: BART's encoder layers then decoder layers) and l counted from the top
+(l = 0 the top layer):
+
+    head and pooler                      lr
+    layer l                              lr * eta^(l + 1)
+    everything else (embeddings, ...)    lr * eta^(N + 1)
+
+It only sets each optimizer group's initial `lr` (multiplying what is there, so it composes with other
+plug-ins); the scheduler scales every group's initial lr alike, so the schedule's shape is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sftune.config import option
+from sftune.errors import UsageError
+from sftune.methods.base import Regularizer, RunContext
+from sftune.regularizers.reinit import layer_stack, pooler_modules
+from sftune.registry import register_regularizer
+
+
+def depth_factors(model, head: tuple[str, ...], eta: float) -> dict[str, float]:
+    """LR multiplier of every parameter (by name)."""
+    stack = layer_stack(model)
+    n = len(stack)
+    top = tuple(f"{name}." for name, _ in pooler_modules(model)) + tuple(head)
+    out = {}
+    for pname, _ in model.named_parameters():
+        if top and pname.startswith(top):
+            out[pname] = 1.0
+            continue
+        factor = eta ** (n + 1)
+        for k, (lname, _) in enumerate(stack):
+            if pname.startswith(lname + "."):
+                factor = eta ** (n - k)  # k = 0 bottom .. n-1 top; l = n-1-k, eta^(l+1) = eta^(n-k)
+                break
+        out[pname] = factor
+    return out
+
+
+@register_regularizer
+class LLRD(Regularizer):
+    name = "llrd"
+    summary = "Layer-wise LR decay: layer l from the top trains at lr*eta^(l+1), embeddings lowest, head at lr."
+    details = ("Howard & Ruder 2018; ELECTRA fine-tunes with eta 0.9 (DPS appendix C, the electra preset). sftune "
+               "follows methods.md: head and pooler at lr, top layer lr*eta, layer l from the top lr*eta^(l+1), "
+               "embeddings and every other parameter outside the layers (DeBERTa's relative embeddings, ELECTRA's "
+               "embeddings_project) lr*eta^(N+1). ELECTRA's own code uses one more factor eta below the head "
+               "(top layer eta^2, embeddings eta^(N+2)). BART: the stack is encoder then decoder layers. Groups are "
+               "ordered highest lr first, so the logged lr is the head's.")
+
+    @dataclass
+    class Options:
+        eta: float = option(0.9, "Decay per layer (ELECTRA uses 0.9; 0.95 is also common).")
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        eta = float(self.options.eta)
+        if not 0.0 < eta <= 1.0:
+            raise UsageError(f"llrd eta must be in (0, 1], got {eta}. E.g. --reg llrd:eta=0.9.")
+        self.factors = depth_factors(ctx.model, ctx.head, eta)
+        self.n_layers = len(layer_stack(ctx.model))
+
+    def param_groups(self, groups: list[dict]) -> list[dict]:
+        for group in groups:
+            factors = {self.factors[n] for n in group["names"]}
+            if len(factors) != 1:  # the engine gives one group per parameter; never mix depths in one group
+                raise RuntimeError(f"llrd: a parameter group spans several depths: {group['names']}")
+            group["lr"] = group["lr"] * factors.pop()
+        # Highest lr first (stable): the loop logs the first group's lr, which should be the peak (head) lr.
+        return sorted(groups, key=lambda g: -g["lr"])
+
+    def summary_stats(self) -> dict:
+        return {"llrd": {"eta": float(self.options.eta), "layers": getattr(self, "n_layers", None)}}

@@ -1,0 +1,66 @@
+"""llrd: the optimizer's groups carry lr * eta^(l+1) for layer l from the top, embeddings lowest, head at lr."""
+
+import json
+
+import pytest
+
+from sftune.config import build
+from sftune.engine.loop import Trainer
+from sftune.models import head_prefixes, load_model
+from sftune.regularizers.llrd import depth_factors
+
+
+def lrs_by_name(trainer):
+    # initial_lr: the rate the scheduler scales (warmup has already set the current lr to 0)
+    return {n: g["initial_lr"] for g in trainer.optimizer.param_groups for n in g["names"]}
+
+
+def test_optimizer_groups_carry_the_decayed_rates(tiny_bert, glue_dir):
+    lr, eta = 1e-3, 0.5
+    tree = {"model": {"name": str(tiny_bert)}, "task": "rte", "method": {"name": "full"},
+            "regs": [{"name": "llrd", "eta": eta}],
+            "data": {"data_dir": str(glue_dir), "train_size": 16, "eval_batch_size": 128},
+            "train": {"max_steps": 2, "batch_size": 8, "lr": lr}}
+    trainer = Trainer(build(tree))
+    trainer.build()
+    lrs = lrs_by_name(trainer)
+    assert len(lrs) == sum(1 for _ in trainer.model.parameters())
+    for name, value in lrs.items():
+        if name.startswith(("classifier.", "bert.pooler.")):
+            expected = lr
+        elif name.startswith("bert.encoder.layer.1."):  # top layer, l = 0
+            expected = lr * eta
+        elif name.startswith("bert.encoder.layer.0."):  # l = 1
+            expected = lr * eta ** 2
+        else:  # embeddings: eta^(N+1), N = 2
+            assert name.startswith("bert.embeddings."), name
+            expected = lr * eta ** 3
+        assert value == pytest.approx(expected), name
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(lr)  # the logged lr is the peak one
+    # The schedule scales every group alike: its base rates are the decayed ones.
+    assert sorted(trainer.scheduler.base_lrs) == sorted(g["initial_lr"] for g in trainer.optimizer.param_groups)
+    # Weight decay is kept per group (no decay on biases and LayerNorm).
+    groups = {n: g for g in trainer.optimizer.param_groups for n in g["names"]}
+    assert groups["bert.encoder.layer.1.output.dense.bias"]["weight_decay"] == 0.0
+    assert groups["bert.encoder.layer.1.output.dense.weight"]["weight_decay"] > 0.0
+
+
+def test_bart_depths_run_encoder_then_decoder(tiny_models):
+    model = load_model(str(tiny_models["bart"]), 2)
+    f = depth_factors(model, head_prefixes(model), 0.5)
+    assert f["classification_head.dense.weight"] == 1.0
+    assert f["model.decoder.layers.1.fc1.weight"] == 0.5
+    assert f["model.decoder.layers.0.fc1.weight"] == 0.25
+    assert f["model.encoder.layers.1.fc1.weight"] == 0.125
+    assert f["model.encoder.layers.0.fc1.weight"] == 0.0625
+    assert f["model.shared.weight"] == f["model.encoder.embed_positions.weight"] == 0.5 ** 5
+
+
+def test_electra_preset_applies_llrd(cli, tiny_models, glue_dir, tmp_path):
+    out = tmp_path / "electra"
+    code, _, stderr = cli("train", tiny_models["electra"], "rte", "--preset", "electra", "--data-dir", glue_dir,
+                          "--max-steps", "2", "--batch-size", "8", "--set", "data.train_size=16",
+                          "--set", "data.eval_batch_size=128", "-o", out)
+    assert code == 0, stderr
+    assert "name: llrd" in (out / "config.yaml").read_text()
+    assert json.loads((out / "results.json").read_text())["llrd"] == {"eta": 0.9, "layers": 2}
