@@ -99,3 +99,14 @@ def presets_show(name: Annotated[str, typer.Argument(help="Preset name or YAML p
     else:
         typer.echo(f"# {preset.name}: {preset.path}")
         typer.echo(dump_yaml(data).rstrip())
+
+
+def write_methods_table(path: str) -> None:
+    """Regenerate the table block of docs/methods.md (see tests/test_docs.py for the command)."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    head, rest = text.split("<!-- methods-table:begin -->\n", 1)
+    _, tail = rest.split("<!-- methods-table:end -->", 1)
+    Path(path).write_text(f"{head}<!-- methods-table:begin -->\n{methods_markdown()}<!-- methods-table:end -->{tail}")
+
