@@ -10,6 +10,7 @@ DPS Stage II) are hashed only when they change, so the check costs one tiny all-
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
 import torch
@@ -36,19 +37,20 @@ class MaskCheck:
         self.log = Path(log_dir) / f"rank{accelerator.process_index}.jsonl" if log_dir else None
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
+        self._cache: dict[str, tuple[weakref.ref, int, torch.Tensor]] = {}
 
     def step_hash(self, masks: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
         names = sorted(masks)
         rows = []
         for name in names:
             mask = masks[name]
-            key = (id(mask), mask._version)  # _version moves on in-place refills (Child-Tuning F's buffers)
+            # Recompute only when the mask changed: another tensor (a weak reference, because a freed tensor's
+            # id can be reused by the next one) or the same one refilled in place (_version moves on).
             cached = self._cache.get(name)
-            if cached is None or cached[0] != key:  # recompute only when the mask changed
-                cached = (key, mask_hash(mask))
+            if cached is None or cached[0]() is not mask or cached[1] != mask._version:
+                cached = (weakref.ref(mask), mask._version, mask_hash(mask))
                 self._cache[name] = cached
-            rows.append(cached[1])
+            rows.append(cached[2])
         return names, (torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.int64))
 
     def check(self, step: int, masks: dict[str, torch.Tensor] | None) -> None:
