@@ -204,7 +204,8 @@ class DPSMethod(MaskedMethod):
         if is_stage_two(stage):
             self._start_stage_two(stage)
         else:
-            self._start_stage_one(stage)
+            self.masks = {}  # drop the last Stage II masks now, not at the next selection: they would sit
+            self._start_stage_one(stage)  # beside the new GAM (1 B per masked weight more at the peak)
         self.stage = stage
         self._note_peak()
 

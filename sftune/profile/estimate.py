@@ -1,0 +1,223 @@
+"""Analytic memory of a cell, without running it (`sftune memprofile --estimate`): for models too large for
+the machine.
+
+The model is built on the `meta` device from its config (nothing is allocated), the method is set up on it
+as far as that works without data (a meta batch stands in for the training loader), and its `trainable()`
+votes decide which parameters train, so the counts follow the method's own rules. Then:
+
+    weights       every parameter and buffer (its dtype)
+    gradients     every trainable parameter, same dtype
+    optimizer     AdamW: two moments per trainable entry; update mode (MaskedAdamW) adds int16 per-entry
+                  step counts (2 B) for every masked entry
+    method state  the persistent layout each method documents (`method_state`), at its largest stage (DPS
+                  Mix: W0 kept in Stage II, as whenever a Stage I is still ahead)
+    activations   the tensors autograd saves in one forward pass of the meta model on a batch_size x seq_len
+                  batch (each storage once); under fp16/bf16 floating activations are counted at 2 B (autocast
+                  keeps a few in float32: a slight underestimate)
+
+The peak is taken where the measured profiles put it: at the end of the forward pass (activations, no
+gradients yet) or at the end of backward (gradients, activations freed), whichever is larger:
+peak = weights + optimizer + method state + max(activations, gradients). Non-tensor memory (the runtime
+part of a measured profile) and backward temporaries are not estimated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sftune.profile.common import Cell, load_config, run_config
+
+HALF = {"fp16", "bf16"}
+
+
+class _MetaContext:
+    """What `RunContext` gives a method, for a model on the meta device."""
+
+    def __init__(self, model, task, config, total_steps: int, groups, head, loader):
+        self.model, self.task, self.config = model, task, config
+        self.total_steps, self.groups, self.head = total_steps, groups, head
+        self.train_loader = loader
+        self.accelerator = _NoAccelerator()
+
+    def generator(self, salt: str) -> torch.Generator:
+        return torch.Generator().manual_seed(0)  # the meta device has no generator; nothing is drawn
+
+
+class _NoAccelerator:
+    process_index, num_processes, is_main_process = 0, 1, True
+    device = torch.device("meta")
+
+    def unwrap_model(self, model):
+        return model
+
+
+def meta_model(config):
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def meta_batch(config, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    labels = (torch.zeros(batch_size, device="meta") if config.num_labels == 1
+              else torch.zeros(batch_size, dtype=torch.long, device="meta"))
+    # No attention mask: the synthetic one is all ones, which the models skip (on meta they cannot check).
+    return {"input_ids": ids, "labels": labels}
+
+
+def activation_bytes(model, batch: dict[str, torch.Tensor], half: bool = False) -> int:
+    """Bytes autograd saves for backward in one training forward of `model` (meta tensors: no compute)."""
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def pack(t: torch.Tensor):
+        base = t if t._base is None else t._base
+        if id(t) not in params and id(base) not in params:
+            size = base.untyped_storage().nbytes()
+            if half and base.is_floating_point() and base.element_size() == 4:
+                size //= 2
+            saved[id(base)] = (base, size)  # keeps `base` alive, so ids stay unique
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch)
+    return sum(size for _, size in saved.values())
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def method_state(method, mask_mode: str) -> tuple[dict[str, int], str]:
+    """(bytes per kind of persistent state at the method's largest stage, how it was obtained)."""
+    from sftune.methods.masking import MaskedMethod
+
+    cands = {n: p for n, p in getattr(method, "candidates", {}).items() if p.requires_grad}
+    n = sum(p.numel() for p in cands.values())
+    name = method.name
+    if name in ("dps-dense", "dps-mix"):
+        from sftune.methods.dps_common import GAM_DTYPES
+
+        gam = n * torch.empty(0, dtype=GAM_DTYPES[method.options.gam_dtype]).element_size()
+        if name == "dps-dense":  # Stage I: GAM; Stage II: bool masks (GAM freed matrix by matrix)
+            return ({"gam": gam} if gam >= n else {"mask": n}), "estimated"
+        w0 = _nbytes(cands.values())
+        cols = sum(p.shape[1] for p in cands.values() if p.dim() == 2)
+        stage_one = {"w0": w0, "gam": gam, "fam": 4 * cols, "mask": cols}  # FAM int32 and R bool per column
+        stage_two = {"w0": w0, "mask": n, **({"snapshot": w0} if mask_mode == "grad" else {})}
+        return (stage_one if sum(stage_one.values()) >= sum(stage_two.values()) else stage_two), "estimated"
+    if name == "child-tuning-d":
+        return {"mask": n}, "estimated"  # bool, 1 B per candidate entry
+    k = getattr(method, "k", None)
+    if k is not None:  # per-step budget methods: this step's k indices (int64) stay until the next step
+        out = {"masks": 8 * int(k)}
+        if hasattr(method, "means"):  # importance-scored: a float32 score per candidate, mu per input feature
+            out["flat"] = 4 * sum(p.numel() for p in method.candidates.values())
+            out["means"] = 4 * sum(_input_features(method))
+        return out, "estimated"
+    if name == "child-tuning-f":
+        return {"buffers": n}, "estimated"  # a bool Bernoulli mask per candidate entry
+    if isinstance(method, MaskedMethod):
+        return {}, "not modelled"
+    return {}, "estimated"  # no method state
+
+
+def _input_features(method) -> list[int]:
+    """mu's sizes: one per input feature of each Linear and LayerNorm whose entries are candidates."""
+    modules = {n.rsplit(".", 1)[0] for n, kind in method.kinds.items()
+               if n in method.candidates and kind in ("linear_weight", "ln_weight")}
+    out = []
+    for name, module in method.ctx.model.named_modules():
+        if name in modules:
+            out.append(module.weight.shape[-1])
+    return out
+
+
+def _setup_on_meta(method, ctx) -> str | None:
+    """Run the method's setup on the meta model; what failed, if it could not finish (then the state it set
+    up before failing and its trainable() votes are used)."""
+    try:
+        method.setup(ctx)
+    except Exception as e:  # noqa: BLE001 - data-dependent steps (a Fisher pass) cannot run on meta tensors
+        method.ctx = ctx
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def estimate_cell(cell: Cell, config=None) -> dict[str, Any]:
+    """The estimated profile of one cell, in the same shape as a measured one (status 'estimated')."""
+    from sftune.models import group_of_params, head_prefixes
+    from sftune.registry import get_method
+
+    cfg = run_config(cell)
+    config = config or load_config(cell.model, cell.task, cfg.model.dropout)
+    model = meta_model(config)
+    groups = group_of_params(model)
+    method = get_method(cfg.method["name"]).from_config(cfg.method)
+    batch = meta_batch(config, cell.batch_size // cfg.train.grad_accum, cell.seq_len)
+    ctx = _MetaContext(model, _task(cell.task), cfg, cell.steps, groups, head_prefixes(model), [batch])
+    note = _setup_on_meta(method, ctx)
+    for name, p in model.named_parameters():
+        try:
+            vote = method.trainable(name, p)
+        except Exception:  # noqa: BLE001 - a rule needing state that setup could not build
+            vote = None
+        p.requires_grad_(True if vote is None else bool(vote))
+    model.zero_grad(set_to_none=True)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    weights = _nbytes(params) + _nbytes(model.buffers())
+    gradients = _nbytes(trainable)
+    optimizer = 2 * gradients
+    state, how = method_state(method, cell.mask_mode)
+    if cell.mask_mode == "update" and state:
+        masked = sum(p.numel() for p in getattr(method, "candidates", {}).values() if p.requires_grad)
+        optimizer += 2 * masked  # MaskedAdamW's int16 per-entry step counts
+    half = cell.precision in HALF
+    activations = activation_bytes(model, batch, half)  # one micro-batch's graph exists at a time
+    state_total = sum(state.values())
+    at_peak = {"weights": weights, "gradients": 0, "optimizer": optimizer, "method_state": state_total,
+               "activations": activations, "runtime": 0}
+    if gradients > activations:
+        at_peak.update(gradients=gradients, activations=0)
+    result = {
+        "method": cell.method, "batch_size": cell.batch_size, "status": "estimated",
+        "peak_bytes": sum(at_peak.values()),
+        "parts": at_peak,
+        "parts_max": {"weights": weights, "gradients": gradients, "optimizer": optimizer,
+                      "method_state": state_total, "activations": activations, "runtime": 0},
+        "method_state_detail": state, "method_state_how": how,
+        "params": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trainable),
+        "candidates": sum(p.numel() for p in getattr(method, "candidates", {}).values() if p.requires_grad),
+    }
+    if note:
+        result["note"] = f"method setup stopped on the meta model ({note[:160]})"
+    return result
+
+
+def _task(name: str):
+    from sftune.tasks import get_task
+
+    return get_task(name)
+
+
+def estimate(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Estimate every cell (one config load per model)."""
+    from sftune.profile.common import failure
+
+    configs: dict[tuple, Any] = {}
+    out = []
+    for cell in cells:
+        key = (cell.model, cell.task, tuple(sorted(cell.sets.items())))
+        try:
+            if key not in configs:
+                cfg = run_config(cell)
+                configs[key] = load_config(cell.model, cell.task, cfg.model.dropout)
+            out.append(estimate_cell(cell, configs[key]))
+        except Exception as e:  # noqa: BLE001 - one cell's failure is that cell's result
+            out.append({"method": cell.method, "batch_size": cell.batch_size, **failure(e)})
+    return out
