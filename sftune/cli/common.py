@@ -31,6 +31,12 @@ DataDir = Annotated[str | None, typer.Option("--data-dir", help="GLUE-format dat
                                              "(default: $SFTUNE_DATA_DIR, else the Hugging Face Hub).")]
 TrainFile = Annotated[str | None, typer.Option("--train-file", help="CSV/TSV/JSONL training file.")]
 ValidationFile = Annotated[str | None, typer.Option("--validation-file", help="CSV/TSV/JSONL validation file.")]
+# Training options shared by train, transfer and sweep.
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (default 42).")]
+Epochs = Annotated[float | None, typer.Option("--epochs", help="Training epochs.")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size per optimizer step.")]
 SetItems = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override any config key: "
                                                     "--set train.lr=1e-5 --set method.p=0.3 (repeatable).")]
 

@@ -19,7 +19,7 @@ from rich.text import Text
 from sftune import __version__
 from sftune.artifacts import RunDir, atomic_write_text
 from sftune.cli import app
-from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
+from sftune.cli.common import BatchSize, DataDir, Epochs, LearningRate, MaxSteps, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
 from sftune.config import dump_yaml
 from sftune.sweep.case_study import case_study as run_case_study
 from sftune.sweep.case_study import plot as plot_case_study
@@ -213,10 +213,10 @@ def sweep(
     reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Regulariser for every run: "
                    "--reg mixout:p=0.3 (repeatable).")] = None,
     set_: SetItems = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help="Training epochs.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per optimizer step.")] = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    lr: LearningRate = None,
+    batch_size: BatchSize = None,
     data_dir: DataDir = None,
     train_file: TrainFile = None,
     validation_file: ValidationFile = None,

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
+from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, Seed, SetItems,
+                               TrainFile, ValidationFile, check_format, user_errors)
 from sftune.cli.render import reporter_for, trainable_table
 from sftune.config import build, deep_merge, parse_reg, parse_set, set_dotted
 from sftune.engine.loop import Interrupted
@@ -61,11 +62,11 @@ def train(
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory "
                           "(default: runs/MODEL-TASK-METHOD-seedS).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 42).")] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help="Training epochs.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per optimizer step.")] = None,
+    seed: Seed = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    lr: LearningRate = None,
+    batch_size: BatchSize = None,
     data_dir: DataDir = None,
     train_file: TrainFile = None,
     validation_file: ValidationFile = None,

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, is_terminal, user_errors
+from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, Seed, SetItems,
+                               TrainFile, ValidationFile, check_format, is_terminal, user_errors)
 from sftune.cli.render import fmt, reporter_for
 from sftune.cli.train import training_tree
 from sftune.config import build
@@ -77,11 +78,11 @@ def transfer(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: "
                           "runs/MODEL-SOURCE-METHOD-seedS-transfer); with a RUN_DIR, where transfer outputs go "
                           "(default: RUN_DIR).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 42).")] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help="Training epochs.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per optimizer step.")] = None,
+    seed: Seed = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    lr: LearningRate = None,
+    batch_size: BatchSize = None,
     data_dir: DataDir = None,
     train_file: TrainFile = None,
     validation_file: ValidationFile = None,
