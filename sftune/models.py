@@ -92,6 +92,59 @@ def set_dropout(config, p: float) -> None:
             setattr(config, key, p)
 
 
+# Float attributes that hold a dropout probability in transformers modules (BART keeps them as floats and
+# calls F.dropout with them). `layerdrop` is a different thing and is left alone.
+_DROPOUT_ATTRS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "drop_prob")
+
+
+def set_dropout_modules(model: nn.Module, p: float) -> int:
+    """Set every dropout probability the built model uses to `p`: nn.Dropout modules, float dropout
+    attributes of modules (BART) and the config fields (for code that reads them at run time).
+    Returns how many places were changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = float(p)
+            changed += 1
+            continue
+        for attr in _DROPOUT_ATTRS:
+            if isinstance(vars(module).get(attr), float):
+                setattr(module, attr, float(p))
+                changed += 1
+    config = getattr(model, "config", None)
+    if config is not None:
+        set_dropout(config, float(p))
+    return changed
+
+
+def layer_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformer layers, bottom to top, as (module name, module).
+
+    A layer list is an nn.ModuleList named `layer` or `layers` that is not nested in another one (so BERT's
+    `encoder.layer`, BART's `encoder.layers` + `decoder.layers`, DeBERTa's `encoder.layer`), in module order
+    (the encoder before the decoder). Raises UsageError when the model has none (e.g. ALBERT's shared layers).
+    """
+    stack: list[tuple[str, nn.Module]] = []
+    lists: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or name.rsplit(".", 1)[-1] not in ("layer", "layers"):
+            continue
+        if any(name.startswith(outer + ".") for outer in lists):
+            continue
+        lists.append(name)
+        stack += [(f"{name}.{i}", child) for i, child in enumerate(module)]
+    if not stack:
+        raise UsageError(f"cannot find the transformer layers of {type(model).__name__} (looked for "
+                         "encoder.layer / encoder.layers / decoder.layers); reinit and llrd need them.")
+    return stack
+
+
+def pooler_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules named `pooler` that hold parameters (BERT `bert.pooler`, DeBERTa's top-level `pooler`)."""
+    return [(n, m) for n, m in model.named_modules()
+            if n.rsplit(".", 1)[-1] == "pooler" and any(True for _ in m.parameters())]
+
+
 # ----------------------------------------------------------------------------------------- parameter groups
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     """Parameters outside the pre-trained base model form the task head (BERT: classifier; RoBERTa/ELECTRA:

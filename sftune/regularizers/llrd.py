@@ -1,7 +1,7 @@
 """llrd: layer-wise learning-rate decay (Howard & Ruder 2018; ELECTRA's fine-tuning recipe; methods.md
 section 5).
 
-With N layers (`reinit.layer_stack`: BART's encoder layers then decoder layers) and l counted from the top
+With N layers (`models.layer_stack`: BART's encoder layers then decoder layers) and l counted from the top
 (l = 0 the top layer):
 
     head and pooler                      lr
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
-from sftune.regularizers.reinit import layer_stack, pooler_modules
+from sftune.models import layer_stack, pooler_modules
 from sftune.registry import register_regularizer
 
 

@@ -19,36 +19,10 @@ from torch import nn
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
+from sftune.models import set_dropout_modules
 from sftune.ops.column_mix import ColumnMix, linear_modules
 from sftune.registry import register_regularizer
 from sftune.select.masks import bernoulli_mask_
-
-# Float attributes that hold a dropout probability in transformers modules (BART keeps them as floats and
-# calls F.dropout with them). `layerdrop` is a different thing and is left alone.
-_DROPOUT_ATTRS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "drop_prob")
-
-
-def set_dropout_modules(model: nn.Module, p: float) -> int:
-    """Set every dropout probability the built model uses to `p`: nn.Dropout modules, float dropout
-    attributes of modules (BART) and the config fields (for code that reads them at run time).
-    Returns how many places were changed."""
-    from sftune.models import set_dropout
-
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.p = float(p)
-            changed += 1
-            continue
-        for attr in _DROPOUT_ATTRS:
-            if isinstance(vars(module).get(attr), float):
-                setattr(module, attr, float(p))
-                changed += 1
-    config = getattr(model, "config", None)
-    if config is not None:
-        set_dropout(config, float(p))
-    return changed
-
 
 @register_regularizer
 class Mixout(Regularizer):

@@ -20,7 +20,7 @@ import torch
 
 from sftune.config import option
 from sftune.methods.base import Regularizer, RunContext
-from sftune.regularizers.mixout import set_dropout_modules
+from sftune.models import set_dropout_modules
 from sftune.regularizers.r3f import symmetric_kl
 from sftune.registry import register_regularizer
 

@@ -18,35 +18,8 @@ from torch import nn
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
+from sftune.models import layer_stack, pooler_modules
 from sftune.registry import register_regularizer
-
-
-def layer_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The transformer layers, bottom to top, as (module name, module).
-
-    A layer list is an nn.ModuleList named `layer` or `layers` that is not nested in another one (so BERT's
-    `encoder.layer`, BART's `encoder.layers` + `decoder.layers`, DeBERTa's `encoder.layer`), in module order
-    (the encoder before the decoder). Raises UsageError when the model has none (e.g. ALBERT's shared layers).
-    """
-    stack: list[tuple[str, nn.Module]] = []
-    lists: list[str] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or name.rsplit(".", 1)[-1] not in ("layer", "layers"):
-            continue
-        if any(name.startswith(outer + ".") for outer in lists):
-            continue
-        lists.append(name)
-        stack += [(f"{name}.{i}", child) for i, child in enumerate(module)]
-    if not stack:
-        raise UsageError(f"cannot find the transformer layers of {type(model).__name__} (looked for "
-                         "encoder.layer / encoder.layers / decoder.layers); reinit and llrd need them.")
-    return stack
-
-
-def pooler_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules named `pooler` that hold parameters (BERT `bert.pooler`, DeBERTa's top-level `pooler`)."""
-    return [(n, m) for n, m in model.named_modules()
-            if n.rsplit(".", 1)[-1] == "pooler" and any(True for _ in m.parameters())]
 
 
 def reinit_modules(model: nn.Module, modules: list[nn.Module]) -> None:

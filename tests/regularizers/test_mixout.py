@@ -9,7 +9,8 @@ from torch import nn
 
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
-from sftune.regularizers.mixout import Mixout, set_dropout_modules
+from sftune.models import set_dropout_modules
+from sftune.regularizers.mixout import Mixout
 
 
 def make_ctx(model, seed=0, head=()):

@@ -9,7 +9,7 @@ import torch
 
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
-from sftune.regularizers.mixout import set_dropout_modules
+from sftune.models import set_dropout_modules
 from sftune.regularizers.r3f import R3F, symmetric_kl
 
 

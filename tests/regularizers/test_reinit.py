@@ -10,7 +10,8 @@ from torch import nn
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
 from sftune.models import load_model
-from sftune.regularizers.reinit import Reinit, layer_stack
+from sftune.models import layer_stack
+from sftune.regularizers.reinit import Reinit
 
 
 def make_ctx(model, seed=0):
