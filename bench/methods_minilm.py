@@ -3,6 +3,9 @@ rows, stratified; evaluation on the full RTE dev set at the end).
 
     python bench/methods_minilm.py --json docs/bench/methods-minilm.json --markdown docs/bench/methods-minilm.md
 
+With --json naming an existing file, the rows of the (method, mode) pairs not run this time are kept, so the
+table can be filled in parts (--methods, --modes).
+
 Reports per run: mean training loss of the first and last 5 steps, the shares of entries selected and
 changed per step (means over the logged steps after the first), the entries changed vs the pre-trained weights
 at the end, and RTE dev accuracy. Learning rates follow the papers' ranges: dense-ish methods 1e-4, methods
@@ -68,6 +71,11 @@ def main() -> None:
                    "accuracy": results["metrics"]["validation"]["accuracy"], "wall_s": time.time() - t0}
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if args.json and Path(args.json).is_file():  # keep earlier rows of other (method, mode) pairs
+        new = {(r["method"], r["mode"]) for r in rows}
+        rows += [r for r in json.loads(Path(args.json).read_text()) if (r["method"], r["mode"]) not in new]
+        order = {(m, mode): i for i, (m, mode) in enumerate((m, mode) for m in METHODS for mode in ("grad", "update"))}
+        rows.sort(key=lambda r: order.get((r["method"], r["mode"]), len(order)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -87,31 +87,29 @@ class Trainer:
         if need_train and (tcfg.batch_size // tcfg.grad_accum) % world:
             raise UsageError(f"train.batch_size / train.grad_accum = {tcfg.batch_size // tcfg.grad_accum} must be "
                              f"divisible by the {world} processes (each takes an equal share of every batch).")
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision)
-        self.splits = load_splits(task, cfg.data, need_train=need_train)
+        self.tokenizer = self.make_tokenizer()
+        self.splits = self.read_data(need_train)
         train = self.splits.train
         if need_train and cfg.data.train_size:
             train = subsample(train, cfg.data.train_size, tcfg.seed, cfg.data.stratified, task)
             self.train_subset_md5 = hashlib.md5(",".join(map(str, train["idx"])).encode()).hexdigest()
         self.n_train = len(train) if train is not None else 0
-        self.eval_sets = {s: tokenize(d, self.tokenizer, task, cfg.data.max_length) for s, d in self.splits.evals.items()}
+        self.eval_sets = {s: self.encode(d) for s, d in self.splits.evals.items()}
         self.eval_raw = self.splits.evals
         # Seed right before the model is built: the new head's initial weights come from this RNG.
         set_seed(tcfg.seed)
-        self.model = load_model(cfg.model.name, task.num_labels, task.label_names, cfg.model.trust_remote_code,
-                                cfg.model.revision, cfg.model.dropout)
+        self.model = self.make_model()
         self.groups = group_of_params(self.model)
         self.method = get_method(cfg.method["name"]).from_config(cfg.method)
         regs = [get_regularizer(r["name"]).from_config(r) for r in cfg.regs]
         self.plugins: list[Hooks] = [self.method, *regs, *self.extra_plugins]
-        self.eval_loaders = {s: make_loader(d, self.tokenizer, cfg.data.eval_batch_size)
-                             for s, d in self.eval_sets.items()}
+        self.eval_loaders = {s: self.loader(d, cfg.data.eval_batch_size) for s, d in self.eval_sets.items()}
         if not need_train:
             self.model = self.accelerator.prepare(self.model)
             return
         micro = tcfg.batch_size // tcfg.grad_accum
-        self.train_set = tokenize(train, self.tokenizer, task, cfg.data.max_length)
-        loader = make_loader(self.train_set, self.tokenizer, micro, shuffle_seed=tcfg.seed)
+        self.train_set = self.encode(train)
+        loader = self.loader(self.train_set, micro, shuffle_seed=tcfg.seed)
         self.total_steps, self.steps_per_epoch = total_steps(tcfg, self.n_train)
         self.model.to(self.accelerator.device)
         ctx = RunContext(model=self.model, task=task, config=cfg, accelerator=self.accelerator,
@@ -138,13 +136,33 @@ class Trainer:
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
         self.mask_check = MaskCheck(self.accelerator, tcfg.check_masks, tcfg.mask_hash_log)
 
+    # --------------------------------------------------------------------------------------- inputs
+    # What build() reads. A subclass replaces these to feed other inputs through the same build (memprofile:
+    # synthetic batches and a config-built model, no tokenizer or dataset).
+    def make_tokenizer(self):
+        m = self.cfg.model
+        return load_tokenizer(m.name, m.trust_remote_code, m.revision)
+
+    def read_data(self, need_train: bool):
+        return load_splits(self.task, self.cfg.data, need_train=need_train)
+
+    def encode(self, dataset):
+        return tokenize(dataset, self.tokenizer, self.task, self.cfg.data.max_length)
+
+    def loader(self, dataset, batch_size: int, shuffle_seed: int | None = None):
+        return make_loader(dataset, self.tokenizer, batch_size, shuffle_seed=shuffle_seed)
+
+    def make_model(self):
+        m = self.cfg.model
+        return load_model(m.name, self.task.num_labels, self.task.label_names, m.trust_remote_code, m.revision,
+                          m.dropout)
+
     def reference_weights(self) -> dict[str, torch.Tensor]:
         """The weights training started from: the pre-trained model plus the head the seed initialised.
         Rebuilt from disk with the same seed (memory is needed only at the end, not during training)."""
         cfg = self.cfg
         set_seed(cfg.train.seed)
-        base = load_model(cfg.model.name, self.task.num_labels, self.task.label_names, cfg.model.trust_remote_code,
-                          cfg.model.revision, cfg.model.dropout)
+        base = self.make_model()
         # Methods that modify weights before training (re-initialisation) record their own starting point.
         for plugin in self.plugins:
             start = getattr(plugin, "initial_weights", None)
@@ -233,9 +251,10 @@ class Trainer:
         step = st.step + 1
         timer = self.phases
         with acc.accumulate(self.model):
-            with timer("forward"):
+            with timer("hooks"):  # stage switches, mask draws: timed apart from the model's forward
                 for plugin in self.plugins:
                     plugin.before_forward(step)
+            with timer("forward"):
                 outputs = self.model(**batch)
                 loss = outputs.loss
             with timer("extra_loss"):

@@ -14,7 +14,8 @@ import torch
 
 
 class PhaseTimer:
-    PHASES = ("forward", "extra_loss", "backward", "selection", "optimizer")
+    # hooks: the plug-ins' before_forward (DPS stage starts, Mixout draws), timed apart from the model's forward
+    PHASES = ("hooks", "forward", "extra_loss", "backward", "selection", "optimizer")
 
     def __init__(self, device: torch.device | None = None):
         self.cuda = device is not None and torch.device(device).type == "cuda"

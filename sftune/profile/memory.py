@@ -189,29 +189,26 @@ class ProfileTrainer(Trainer):
         self.memory_meter = meter  # (Trainer.meter is the sparsity meter)
 
     def build_synthetic(self, cell: Cell, config, examples: list[dict]) -> None:
-        import sftune.engine.loop as loop
-
-        def make_loader(data, tokenizer, batch_size, **_):
-            return torch.utils.data.DataLoader(data, batch_size=batch_size)  # in order; default collate
-
-        # The child is a throwaway process: pointing the loop module's loaders at the synthetic inputs here
-        # keeps every step of Trainer.build (accelerator, method setup, optimizer, schedule, checks) as is.
-        replace = {
-            "load_tokenizer": lambda *a, **k: None,
-            "load_splits": lambda *a, **k: SimpleNamespace(train=examples, evals={}),
-            "tokenize": lambda data, *a, **k: data,
-            "make_loader": make_loader,
-            "load_model": lambda *a, **k: build_model(cell, config),
-        }
-        saved = {name: getattr(loop, name) for name in replace}
-        try:
-            for name, fn in replace.items():
-                setattr(loop, name, fn)
-            self.build(need_train=True)
-        finally:
-            for name, fn in saved.items():
-                setattr(loop, name, fn)
+        self._synthetic = (cell, config, examples)
+        self.build(need_train=True)
         self._param_storages = storages([*self.model.parameters(), *self.model.buffers()])
+
+    # Trainer.build's inputs, replaced: synthetic examples in order, the cell's model, no tokenizer.
+    def make_tokenizer(self):
+        return None
+
+    def read_data(self, need_train: bool):
+        return SimpleNamespace(train=self._synthetic[2], evals={})
+
+    def encode(self, dataset):
+        return dataset
+
+    def loader(self, dataset, batch_size: int, shuffle_seed: int | None = None):
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size)  # in order; default collate
+
+    def make_model(self):
+        cell, config, _ = self._synthetic
+        return build_model(cell, config)
 
     def param_storages(self) -> set[int]:
         grads = storages(p.grad for p in self.model.parameters() if p.grad is not None)
@@ -255,7 +252,6 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
     trainer = ProfileTrainer(cfg, meter)
     trainer.build_synthetic(cell, config, examples)
     timer = trainer.phases = ProfileTimer(device, trainer)
-    _time_hooks(trainer, timer)
     trainer.model.train()
     window = {"loss": 0.0, "n": 0, "examples": 0, "t": time.perf_counter()}
     t0 = time.perf_counter()
@@ -272,7 +268,7 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
         except TypeError:
             declared = trainer.method.state_bytes()
         declared = {k: int(v) for k, v in declared.items()}
-    medians = timer.step_medians(skip=1)
+    medians = timer.medians(skip=1)
     times = {p: medians.get(p, 0.0) for p in TIME_PHASES}
     times["total"] = sum(times.values())
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -298,18 +294,6 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
         "candidates": masked,
         "loss": window["loss"] / max(window["n"], 1),
     }
-
-
-def _time_hooks(trainer: ProfileTrainer, timer: ProfileTimer) -> None:
-    """Time each plug-in's before_forward as its own phase (the loop runs it inside the forward phase)."""
-    for plugin in trainer.plugins:
-        hook = plugin.before_forward
-
-        def timed(step, _hook=hook):
-            with timer("hooks"):
-                _hook(step)
-
-        plugin.before_forward = timed
 
 
 def _device_name(device: torch.device) -> str:

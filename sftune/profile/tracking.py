@@ -88,9 +88,6 @@ class ProfileTimer(PhaseTimer):
     compared with the largest seen so far; the parts at that moment are the breakdown (`at_peak`), and each
     part's own maximum over the steps is kept too (`max`)."""
 
-    # "hooks": the plug-ins' before_forward (DPS stage starts, Mixout draws), timed inside "forward"
-    PHASES = (*PhaseTimer.PHASES, "hooks")
-
     def __init__(self, device, trainer: Any):  # a sftune.profile.memory.ProfileTrainer
         super().__init__(device)
         self.trainer = trainer
@@ -217,14 +214,3 @@ class ProfileTimer(PhaseTimer):
     def breakdown(self) -> dict[str, Any]:
         return {"at_peak": dict(self.at_peak), "max": {"weights": self.weights, **self.max}}
 
-    def step_medians(self, skip: int = 1) -> dict[str, float]:
-        """Median seconds per phase over the steps after the first `skip`, with the forward phase split into
-        the model's forward and the plug-ins' before_forward hooks (which the loop times inside it)."""
-        n = len(self.seconds.get("forward", []))
-        per_step = {p: list(self.seconds.get(p, [0.0] * n)) for p in self.PHASES}
-        per_step["forward"] = [f - h for f, h in zip(per_step["forward"], per_step["hooks"])]
-        out = {}
-        for phase, values in per_step.items():
-            vals = sorted(values[skip:] or values)
-            out[phase] = vals[len(vals) // 2] if vals else 0.0
-        return out

@@ -1,0 +1,221 @@
+"""Quality benchmark: every method on real GLUE data, mean ± std over seeds, against a majority-class row.
+
+    python bench/quality/run.py cpu --write docs/results.md      # MiniLM, offline, ~2 h on 2 cores
+    python bench/quality/run.py gpu --write docs/results.md      # the papers' protocol (Hub or local paths)
+    python bench/quality/run.py cpu --dry-run                    # the sweeps it would run
+    python bench/quality/run.py cpu --report-only --write docs/results.md   # tables from the runs on disk
+
+A profile (`bench/quality/PROFILE.yaml`, or a path) names the model(s), tasks (with their training-subset
+size and epochs), method groups (each with its learning rate), seeds and parallel jobs. For every model, task
+and group the script runs one ordinary `sftune sweep` into `OUT/MODEL/TASK/GROUP`; a sweep resumes where it
+stopped, so rerunning the command after an interruption finishes the work and rewrites the same tables.
+
+The report reads every run's `results.json` under OUT, groups them by model, task and method, and prints the
+task's main metric as mean ± sample std (n seeds). The majority-class row predicts the training set's most
+frequent label for every dev example and scores it with the same metric code. `--write FILE` replaces the
+block between `<!-- quality:PROFILE:start -->` and `<!-- quality:PROFILE:end -->` in FILE (appends it when
+missing), so hand-written text around it stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def load_profile(name: str) -> tuple[str, dict]:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else HERE / f"{name}.yaml"
+    if not path.is_file():
+        sys.exit(f"error: profile {name!r} not found (expected {path}); profiles: cpu, gpu, or a YAML path")
+    return path.stem, yaml.safe_load(path.read_text())
+
+
+def sweep_commands(profile: dict, out: Path, model_override: str | None, data_dir: str | None) -> list[dict]:
+    """One `sftune sweep` command line per (model, task, method group)."""
+    models = [model_override] if model_override else profile["model"]
+    models = models if isinstance(models, list) else [models]
+    data_dir = data_dir or profile.get("data_dir")
+    sweeps = []
+    for model in models:
+        for task, opts in profile["tasks"].items():
+            for group, g in profile["groups"].items():
+                tag = Path(model).name
+                cmd = ["sftune", "sweep", model, task, "--method", ",".join(g["methods"]),
+                       "--seeds", str(profile.get("seeds", 3)), "--jobs", str(profile.get("jobs", 1)),
+                       "--output-dir", str(out / tag / task / group)]
+                if data_dir:
+                    cmd += ["--data-dir", data_dir]
+                if profile.get("preset"):
+                    cmd += ["--preset", profile["preset"]]
+                if opts.get("train_size"):
+                    cmd += ["--train-size", str(opts["train_size"]), "--stratified"]
+                if opts.get("epochs"):
+                    cmd += ["--epochs", str(opts["epochs"])]
+                if g.get("lr") is not None:
+                    cmd += ["--lr", str(g["lr"])]
+                for item in list(profile.get("set") or []) + list(g.get("set") or []):
+                    cmd += ["--set", item]
+                sweeps.append({"key": f"{tag}/{task}/{group}", "cmd": cmd})
+    return sweeps
+
+
+def run_sweeps(sweeps: list[dict], out: Path) -> None:
+    """Run each sweep in turn; the wall time of each is added to OUT/wall.json (reruns accumulate)."""
+    wall_file = out / "wall.json"
+    out.mkdir(parents=True, exist_ok=True)
+    walls = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
+    for s in sweeps:
+        print(f"== {s['key']}: {shlex.join(s['cmd'])}", flush=True)
+        t0 = time.time()
+        rc = subprocess.call(s["cmd"])
+        walls[s["key"]] = walls.get(s["key"], 0.0) + time.time() - t0
+        tmp = wall_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(walls, indent=1))
+        os.replace(tmp, wall_file)
+        if rc == 130:
+            sys.exit(130)
+        if rc != 0:
+            print(f"   sweep {s['key']} exited {rc}; its failed runs are listed in its summary", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- report
+def collect(out: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """(model, task, method) -> the results.json of every complete run under OUT."""
+    found = collections.defaultdict(list)
+    for path in sorted(out.glob("**/results.json")):
+        r = json.loads(path.read_text())
+        if r.get("status") != "complete":
+            continue
+        model = path.relative_to(out).parts[0]
+        found[(model, r["task"], r["method"])].append(r)
+    return found
+
+
+def majority_scores(tasks: list[str], data_dir: str | None) -> dict[str, dict[str, float]]:
+    """Each task's metrics when every dev example gets the training set's most frequent label."""
+    from sftune.config import DataConfig
+    from sftune.data import load_splits
+    from sftune.metrics import compute
+    from sftune.tasks import get_task
+
+    scores = {}
+    for name in tasks:
+        task = get_task(name)
+        splits = load_splits(task, DataConfig(data_dir=data_dir))
+        dev = splits.evals[task.eval_splits[0]]
+        if task.is_regression:  # a constant prediction has no correlation: report 0, as the tables do
+            scores[name] = {m: 0.0 for m in task.metrics}
+            continue
+        label = collections.Counter(splits.train["label"]).most_common(1)[0][0]
+        scores[name] = compute(task.metrics, [label] * len(dev), list(dev["label"]))
+    return scores
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f} ({len(values)})"
+
+
+def report(profile_name: str, profile: dict, out: Path, data_dir: str | None, argv: list[str]) -> str:
+    from sftune.tasks import get_task
+
+    tasks = list(profile["tasks"])
+    methods = [m for g in profile["groups"].values() for m in g["methods"]]
+    lr = {m: g.get("lr") for g in profile["groups"].values() for m in g["methods"]}
+    runs = collect(out)
+    majority = majority_scores(tasks, data_dir or profile.get("data_dir"))
+    models = sorted({k[0] for k in runs})
+    walls = json.loads((out / "wall.json").read_text()) if (out / "wall.json").is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    lines = [f"### Profile `{profile_name}`: {profile.get('description', '')}", "",
+             f"* command: `python bench/quality/run.py {' '.join(argv)}` (from the repository root)",
+             f"* commit: `{commit}`; hardware: {hardware()}",
+             f"* wall time of the sweeps: {sum(walls.values()) / 3600:.2f} h ({len(walls)} sweeps)",
+             "* cells: dev " + ", ".join(f"{t} {get_task(t).main_metric}" for t in tasks)
+             + " x 100, mean ± sample std (seeds); majority: the training set's most frequent label", ""]
+    below = []
+    for model in models:
+        head = "| method | lr | " + " | ".join(tasks) + " |"
+        lines += [f"**{model}**", "", head, "|" + "---|" * (len(tasks) + 2)]
+        lines.append("| majority class | — | " + " | ".join(
+            f"{100 * majority[t][get_task(t).main_metric]:.1f}" for t in tasks) + " |")
+        for m in methods:
+            cells = []
+            for t in tasks:
+                main = get_task(t).main_metric
+                values = [r["metrics"][get_task(t).eval_splits[0]][main] for r in runs.get((model, t, m), [])]
+                cells.append(_cell(values))
+                if values and statistics.fmean(values) <= majority[t][main]:
+                    below.append(f"{model} {m} on {t}: {100 * statistics.fmean(values):.1f} <= "
+                                 f"{100 * majority[t][main]:.1f}")
+            lines.append(f"| {m} | {lr[m] if lr[m] is not None else 'preset'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Not above the majority class: " + ("; ".join(below) if below else "none") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_block(path: Path, profile_name: str, block: str) -> None:
+    start, end = f"<!-- quality:{profile_name}:start -->", f"<!-- quality:{profile_name}:end -->"
+    text = path.read_text() if path.is_file() else "# Results\n"
+    new = f"{start}\n{block}{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + new + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + new + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("profile", help="cpu, gpu or a profile YAML")
+    ap.add_argument("--out", default=None, help="sweep root (default: bench/quality/out/PROFILE)")
+    ap.add_argument("--model", default=None, help="replace the profile's model(s), e.g. a local path")
+    ap.add_argument("--data-dir", default=None, help="GLUE directory (replaces the profile's)")
+    ap.add_argument("--write", default=None, help="put the table into this Markdown file")
+    ap.add_argument("--dry-run", action="store_true", help="print the sweeps and exit")
+    ap.add_argument("--report-only", action="store_true", help="only build the tables from the runs on disk")
+    args = ap.parse_args()
+    name, profile = load_profile(args.profile)
+    out = Path(args.out) if args.out else Path(os.path.relpath(HERE / "out" / name))
+    sweeps = sweep_commands(profile, out, args.model, args.data_dir)
+    if args.dry_run:
+        for s in sweeps:
+            print(shlex.join(s["cmd"]))
+        return
+    if not args.report_only:
+        run_sweeps(sweeps, out)
+    block = report(name, profile, out, args.data_dir, sys.argv[1:])
+    print(block)
+    if args.write:
+        write_block(Path(args.write), name, block)
+
+
+if __name__ == "__main__":
+    main()
