@@ -21,8 +21,11 @@ R is drawn once per optimizer step (shared by its micro-batches, so accumulation
 masks) from a generator reseeded from (run seed, step): masks depend only on the seed and the step, and a
 resumed run draws the same masks without saving any generator state.
 
-Memory per masked weight (bfloat16 GAM): Stage I W0 4 + G 2 + F 4/rows = ~6 B; Stage II update mode W0 4 +
-M 1 = 5 B; Stage II grad mode W0 4 + S 4 + M 1 = 9 B (W0 is dropped when no Stage I is left). Reference ~28 B.
+Memory per masked weight (bfloat16 GAM): Stage I W0 4 + G 2 + F 4/rows = ~6 B; Stage II grad mode S 4 + M 1
+= 5 B, update mode M 1 B. W0 is needed in Stage I only: by default (method.w0_store=disk) it is written once
+to an unlinked temporary file at the first Stage II start and read back, bit for bit, at each Stage I start
+(`sftune.ops.parking`), so Stage II does not hold it; with w0_store=memory it stays resident (+4 B in Stage
+II: 9 B in grad mode). W0 is dropped for good when no Stage I is left. Reference ~28 B.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from sftune.methods.base import RunContext
 from sftune.methods.dps_common import DPSMethod, DPSOptions, tensor_bytes, top_mask
 from sftune.methods.masking import MaskedMethod
 from sftune.ops.column_mix import ColumnMix
+from sftune.ops.parking import ParkedTensors
 from sftune.registry import register
 from sftune.select import bernoulli_mask_
 
 PENALTY_RULES = ("reference", "always", "never")
+W0_STORES = ("disk", "memory")
 PENALTY_MIN_U = 50  # the reference applies exp(-F/U) only for stages at least this long
 _FOLD_KEY = "dps_mix_fold"  # marks the optimizer groups of masked matrices (update mode's scaled Stage II step)
 
@@ -75,7 +80,8 @@ class DPSMix(DPSMethod):
                "sftune choices: R drawn once per optimizer step from (seed, step), so accumulation and resume do not "
                "change it; Stage I is Mixout in both modes (R is a dropout of the forward, not a selection); U at "
                "least 1; exact budgets, ties to the lower index; GAM bfloat16 by default, FAM int32 per column; W0 "
-               "taken when the optimizer exists (after re-initialisation) and dropped once no Stage I is left. "
+               "taken when the optimizer exists (after re-initialisation), parked on disk during Stage II (method.w0_store) "
+               "and dropped once no Stage I is left. "
                "Recipe: p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, dropout 0.")
 
     @dataclass
@@ -83,6 +89,10 @@ class DPSMix(DPSMethod):
         freq_penalty: str = option("reference", "Stage II frequency penalty exp(-F/U): 'reference' applies it only "
                                                 "when U >= 50 (the authors' rule), 'always' or 'never'.",
                                    choices=PENALTY_RULES)
+        w0_store: str = option("disk", "Where W0 waits during Stage II: 'disk' (written once to an unlinked "
+                                       "temporary file in $TMPDIR, read back exactly at each Stage I start) or "
+                                       "'memory' (4 B per masked weight more during Stage II).",
+                               choices=W0_STORES)
 
     def __init__(self, options: Any = None, mask_mode: str = "grad"):
         super().__init__(options, mask_mode)
@@ -91,6 +101,11 @@ class DPSMix(DPSMethod):
 
             raise UsageError(f"dps-mix: method.freq_penalty must be one of {', '.join(PENALTY_RULES)}, "
                              f"got '{self.options.freq_penalty}'.")
+        if self.options.w0_store not in W0_STORES:
+            from sftune.errors import UsageError
+
+            raise UsageError(f"dps-mix: method.w0_store must be one of {', '.join(W0_STORES)}, "
+                             f"got '{self.options.w0_store}'.")
 
     # ------------------------------------------------------------------------------------------ set up
     def setup(self, ctx: RunContext) -> None:
@@ -102,6 +117,7 @@ class DPSMix(DPSMethod):
         self._seed_base = gen.initial_seed()
         self.fam: dict[str, torch.Tensor] = {}
         self.w0: dict[str, torch.Tensor] = {}
+        self.parked_w0 = ParkedTensors() if self.options.w0_store == "disk" else None
         self.snapshot: dict[str, torch.Tensor] = {}
         self.mix: ColumnMix | None = None
         self.param_of: dict[str, str] = {}  # Linear module name -> its (masked) weight's parameter name
@@ -140,6 +156,8 @@ class DPSMix(DPSMethod):
         self.snapshot = {}
         if self.mix is not None:
             self.mix.clear()
+        if not self.w0 and self.parked_w0 is not None and self.parked_w0.parked:
+            self.w0 = self.parked_w0.load()  # after S and M are freed, before the GAM exists
         self._new_gam()
         self.fam = {n: torch.zeros(p.shape[1], dtype=torch.int32, device=p.device) for n, p in self.trained().items()}
         self._r_step = None
@@ -150,9 +168,20 @@ class DPSMix(DPSMethod):
             masks[n] = top_mask(mix_scores(self.gam.pop(n), self.fam.pop(n), self.U, self.penalty), self.p)
         self.stage_masks = masks
         self.fam, self._r, self._r_step = {}, {}, None
-        if not self._stage_one_left(stage):
-            self.w0 = {}  # no Stage I left: W0 is never needed again
+        if self.mix is not None:
+            self.mix.clear()  # Stage I's mixing references W0
+        self._put_w0_away(stage)
         self._set_stage_two_mix()
+
+    def _put_w0_away(self, stage: int) -> None:
+        """Stage II does not use W0: drop it for good if no Stage I is left, else park it (w0_store=disk)."""
+        if not self._stage_one_left(stage):
+            self.w0 = {}  # W0 is never needed again
+            if self.parked_w0 is not None:
+                self.parked_w0.close()
+        elif self.parked_w0 is not None and self.w0:
+            self.parked_w0.park(self.w0)  # written once; later cycles only drop the resident copy
+            self.w0 = {}
 
     def _set_stage_two_mix(self) -> None:
         if self.mix is None:
@@ -250,8 +279,7 @@ class DPSMix(DPSMethod):
         if self.mix is not None:
             self.mix.clear()
         if self.in_stage_two():
-            if not self._stage_one_left(self.stage):
-                self.w0 = {}
+            self._put_w0_away(self.stage)
             if self.mask_mode == "grad" and self.mix is not None:
                 self.snapshot = {n: t.to(device=params[n].device, dtype=params[n].dtype)
                                  for n, t in state["snapshot"].items()}

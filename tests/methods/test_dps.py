@@ -461,13 +461,13 @@ def test_state_bytes_per_masked_weight():
         def forward(self, x):
             return self.b(torch.relu(self.a(x)))
 
-    def run(cls, mode):
+    def run(cls, mode, **opts):
         torch.manual_seed(0)
         model = Wide()
-        method, opt = make(cls, model, T=8, mode=mode, ur=0.25)  # U = 2
+        method, opt = make(cls, model, T=8, mode=mode, ur=0.25, **opts)  # U = 2
         n = method.masked_numel()
         per_stage = {}
-        for t in range(1, 5):
+        for t in range(1, 7):
             method.before_forward(t)
             F.cross_entropy(model(torch.randn(3, 64)), torch.tensor([0, 1, 0])).backward()
             method.after_backward(t)
@@ -483,11 +483,52 @@ def test_state_bytes_per_masked_weight():
     assert peak == 2.0
     stages, peak = run(DPSMix, "update")
     assert stages[1]["w0"] == 4.0 and stages[1]["gam"] == 2.0 and stages[1]["snapshot"] == 0
-    assert stages[2]["snapshot"] == 0 and stages[2]["gam"] == 0 and stages[2]["mask"] == 1.0
+    assert stages[2] == {"gam": 0, "fam": 0, "mask": 1.0, "w0": 0, "snapshot": 0}  # W0 parked on disk
+    assert stages[3]["w0"] == 4.0 and stages[3]["gam"] == 2.0  # and back for the next Stage I
     assert 6.0 <= peak <= 6.1
     stages, peak = run(DPSMix, "grad")
+    assert stages[2] == {"gam": 0, "fam": 0, "mask": 1.0, "w0": 0, "snapshot": 4.0}
+    assert 6.0 <= peak <= 6.1  # Stage I (W0 4 + GAM 2) is the peak; Stage II holds S 4 + M 1
+    stages, peak = run(DPSMix, "grad", w0_store="memory")  # W0 resident through Stage II
     assert stages[2]["snapshot"] == 4.0 and stages[2]["w0"] == 4.0
     assert 9.0 <= peak <= 9.1
+
+
+@pytest.mark.parametrize("mode", ["grad", "update"])
+def test_parked_w0_gives_the_same_run_as_resident_w0(mode):
+    """w0_store=disk writes W0 at the first Stage II and reads it back at each Stage I: the weights after
+    three cycles are bitwise those of a run that kept W0 in memory."""
+    finals = {}
+    for store in ("disk", "memory"):
+        torch.manual_seed(0)
+        model = tiny()
+        method, opt = make(DPSMix, model, T=12, mode=mode, ur=1 / 6, p=0.3, w0_store=store)  # U = 2
+        for t in range(1, 13):
+            step(method, model, opt, t)
+            if store == "disk" and t in (3, 4, 7, 8):  # Stage II: nothing resident
+                assert method.w0 == {}
+        finals[store] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n in finals["disk"]:
+        assert torch.equal(finals["disk"][n], finals["memory"][n]), n
+
+
+def test_parked_tensors_round_trip_every_dtype(tmp_path):
+    from sftune.ops.parking import ParkedTensors
+
+    tensors = {"f32": torch.randn(3, 5), "bf16": torch.randn(7).to(torch.bfloat16),
+               "i16": torch.randint(-300, 300, (4, 4), dtype=torch.int16), "bool": torch.rand(9) > 0.5,
+               "strided": torch.randn(6, 4).t()}
+    parked = ParkedTensors(str(tmp_path))
+    parked.park(tensors)
+    assert list(tmp_path.iterdir()) == []  # unlinked: no name on disk
+    for _ in range(2):  # read back as often as needed, fresh tensors each time
+        back = parked.load()
+        for n, t in tensors.items():
+            assert back[n].dtype == t.dtype and back[n].shape == t.shape and torch.equal(back[n], t)
+            assert back[n].data_ptr() != t.data_ptr()
+    parked.close()
+    with pytest.raises(RuntimeError):
+        parked.load()
 
 
 def test_w0_is_dropped_when_no_stage_one_is_left():
