@@ -157,3 +157,20 @@ def test_estimate_of_a_large_shape_allocates_nothing():
 def test_bad_input_is_one_line_and_exit_2(tiny_bert, args, message):
     code, out, err = _run(["memprofile", tiny_bert, "--estimate", *args])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_step_ratio_leaves_out_extra_forwards_and_hooks():
+    from sftune.profile.report import annotate
+
+    def cell(method, **t):
+        time = {"hooks": 0.0, "forward": 1.0, "extra_loss": 0.0, "backward": 2.0, "selection": 0.0,
+                "optimizer": 1.0, **t}
+        time["total"] = sum(time.values())
+        return {"method": method, "batch_size": 8, "status": "ok", "peak_bytes": 100, "parts": {}, "time": time}
+
+    report = annotate({"cells": [cell("full"), cell("dps-mix", hooks=2.0, selection=0.1),
+                                 cell("r3f", extra_loss=4.0)]})
+    full, dps, r3f = report["cells"]
+    assert dps["time_vs_full_pct"] == pytest.approx(52.5)  # (4 + 2 + 0.1) / 4
+    assert dps["step_vs_full_pct"] == pytest.approx(2.5)  # the stage starts are reported apart
+    assert r3f["time_vs_full_pct"] == pytest.approx(100.0) and r3f["step_vs_full_pct"] == pytest.approx(0.0)

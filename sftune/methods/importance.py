@@ -10,6 +10,8 @@ mu is the same however the step's batch is split.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,7 @@ class InputMeans:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
         self.attention_mask: torch.Tensor | None = None
+        self._last: tuple | None = None  # (weak ref to the last input, its version and kind, sum, count)
         self.handles = [model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
         for name, module in model.named_modules():
             if name in module_names:
@@ -30,29 +33,41 @@ class InputMeans:
 
     def _capture_mask(self, module, args, kwargs):
         self.attention_mask = kwargs.get("attention_mask")
+        self._last = None  # a new forward pass: never reuse a mean across passes
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
             if not module.training or not torch.is_grad_enabled():
                 return
-            x = inputs[0].detach()
+            # Query, key and value read the same tensor object: compute its mean once and reuse it. A weak
+            # reference (not an address, which a freed tensor's successor may reuse) identifies it.
+            source, kind = inputs[0], isinstance(module, nn.LayerNorm)
+            last = self._last
+            if last is not None and last[0]() is source and last[1] == (source._version, kind):
+                self._add(name, last[2], last[3])
+                return
+            x = source.detach()
             if isinstance(module, nn.LayerNorm):
                 x = F.layer_norm(x.float(), module.normalized_shape, None, None, module.eps)
             x = x.float() if self.signed else x.float().abs()
             mask = self.attention_mask
             if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-                w = mask.to(x.dtype).unsqueeze(-1)
-                total, count = (x * w).sum((0, 1)), w.sum()
+                w = mask.to(x.dtype).reshape(1, -1)  # token weights: a matrix-vector product, no x-sized temporary
+                total, count = (w @ x.reshape(w.shape[1], -1)).squeeze(0), w.sum()
             else:  # pooled [batch, features] inputs, or shapes that are not [batch, tokens, features]
                 flat = x.reshape(-1, x.shape[-1])
                 total, count = flat.sum(0), torch.tensor(float(flat.shape[0]), device=x.device)
-            if name in self.sums:
-                self.sums[name] += total
-                self.counts[name] += count
-            else:
-                self.sums[name], self.counts[name] = total, count
+            self._last = (weakref.ref(source), (source._version, kind), total, count)
+            self._add(name, total, count)
 
         return hook
+
+    def _add(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        if name in self.sums:
+            self.sums[name] = self.sums[name] + total
+            self.counts[name] = self.counts[name] + count
+        else:
+            self.sums[name], self.counts[name] = total, count
 
     def all_reduce(self, accelerator) -> None:
         """Add up the pending sums and token counts of all ranks (one collective), so every rank scores alike."""

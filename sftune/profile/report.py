@@ -51,7 +51,16 @@ def annotate(report: dict[str, Any]) -> dict[str, Any]:
             c["peak_vs_full_pct"] = 100.0 * (c["peak_bytes"] - ref["peak_bytes"]) / ref["peak_bytes"]
             if c.get("time") and ref.get("time") and ref["time"].get("total"):
                 c["time_vs_full_pct"] = 100.0 * (c["time"]["total"] - ref["time"]["total"]) / ref["time"]["total"]
+                mine, base = per_step_seconds(c["time"]), per_step_seconds(ref["time"])
+                if base:
+                    c["step_vs_full_pct"] = 100.0 * (mine - base) / base
     return report
+
+
+def per_step_seconds(time: dict[str, float]) -> float:
+    """A step without the work reported apart: extra forward passes (R3F, R-Drop) and the forward hooks
+    (DPS stage starts, which a real run pays once per stage of U steps and a short profile every step)."""
+    return time.get("total", 0.0) - time.get("extra_loss", 0.0) - time.get("hooks", 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -87,14 +96,21 @@ def peak_table(report: dict, notes: list[str]) -> Table:
 
 def time_table(report: dict) -> Table:
     table = Table(title="Step time, seconds (median of the steps after the first)", title_justify="left")
-    for col in ("batch size", "method", *[TIME_PHASES[p] for p in TIME_PHASES], "total", "vs full"):
+    for col in ("batch size", "method", *[TIME_PHASES[p] for p in TIME_PHASES], "total", "vs full", STEP_COL):
         table.add_column(col, justify="left" if col == "method" else "right")
     for c in _ok_cells(report):
         t = c.get("time") or {}
-        pct = c.get("time_vs_full_pct")
         table.add_row(str(c["batch_size"]), c["method"], *[f"{t.get(p, 0.0):.3f}" for p in TIME_PHASES],
-                      f"{t.get('total', 0.0):.3f}", "" if c["method"] == "full" or pct is None else f"{pct:+.1f}%")
+                      f"{t.get('total', 0.0):.3f}", _pct(c, "time_vs_full_pct"), _pct(c, "step_vs_full_pct"))
     return table
+
+
+STEP_COL = "vs full, w/o extra fwd + hooks"
+
+
+def _pct(cell: dict, key: str) -> str:
+    pct = cell.get(key)
+    return "" if cell["method"] == "full" or pct is None else f"{pct:+.1f}%"
 
 
 def breakdown_table(report: dict) -> Table:
@@ -141,7 +157,7 @@ def to_json(report: dict) -> str:
 
 CSV_FIELDS = ("method", "batch_size", "status", "error", "peak_bytes", "peak_vs_full_pct",
               *[f"{p}_bytes" for p in PARTS], "other_bytes", *[f"time_{p}_s" for p in TIME_PHASES],
-              "time_total_s", "time_vs_full_pct", "trainable", "params", "peak_reserved_bytes")
+              "time_total_s", "time_vs_full_pct", "step_vs_full_pct", "trainable", "params", "peak_reserved_bytes")
 
 
 def to_csv(report: dict) -> str:
@@ -156,7 +172,7 @@ def to_csv(report: dict) -> str:
         for p in TIME_PHASES:
             row[f"time_{p}_s"] = t.get(p)
         row["time_total_s"] = t.get("total")
-        for key, digits in (("peak_vs_full_pct", 2), ("time_vs_full_pct", 2),
+        for key, digits in (("peak_vs_full_pct", 2), ("time_vs_full_pct", 2), ("step_vs_full_pct", 2),
                             *((f"time_{p}_s", 6) for p in (*TIME_PHASES, "total"))):
             if row[key] is not None:
                 row[key] = round(row[key], digits)
@@ -186,14 +202,14 @@ def to_markdown(report: dict) -> str:
         lines += [""] + [f"* {n}" for n in notes]
     cells = _ok_cells(report)
     if report["mode"] == "measured":
-        lines += ["", "| batch size | method | " + " | ".join(TIME_PHASES.values()) + " | total | vs full |",
-                  "|---:|---|" + "---:|" * (len(TIME_PHASES) + 2)]
+        lines += ["", "| batch size | method | " + " | ".join(TIME_PHASES.values()) + f" | total | vs full | {STEP_COL} |",
+                  "|---:|---|" + "---:|" * (len(TIME_PHASES) + 3)]
         for c in cells:
-            t, pct = c.get("time") or {}, c.get("time_vs_full_pct")
+            t = c.get("time") or {}
             lines.append(f"| {c['batch_size']} | {c['method']} | "
                          + " | ".join(f"{t.get(p, 0.0):.3f}" for p in TIME_PHASES)
-                         + f" | {t.get('total', 0.0):.3f} | "
-                         + ("" if c["method"] == "full" or pct is None else f"{pct:+.1f}%") + " |")
+                         + f" | {t.get('total', 0.0):.3f} | {_pct(c, 'time_vs_full_pct')} | "
+                         + f"{_pct(c, 'step_vs_full_pct')} |")
     lines += ["", "| batch size | method | " + " | ".join(PART_LABELS[p] for p in PARTS) + " | other | peak |",
               "|---:|---|" + "---:|" * (len(PARTS) + 2)]
     for c in cells:

@@ -112,6 +112,50 @@ def test_mu_averages_non_padding_tokens():
     assert torch.allclose(means.pop("lin"), torch.tensor([(1 + 3 + 5) / 3, (2 + 4 + 6) / 3]))
 
 
+def test_mu_shared_input_is_computed_once_and_never_reused_across_passes():
+    """q, k and v read the same tensor (one mean, reused); o reads another; in-place changes and a second
+    forward (gradient accumulation) are not mistaken for the same input."""
+    from torch import nn
+
+    from sftune.methods.importance import InputMeans
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(3, 3) for _ in range(4))
+
+        def forward(self, x, attention_mask=None):
+            y = self.q(x) + self.k(x)
+            x2 = x.clone()
+            self.v(x2)
+            x2.mul_(2.0)  # same tensor object, changed in place: a new mean
+            return y + self.o(x2)
+
+    model = Block()
+    means = InputMeans(model, {"q", "k", "v", "o"})
+    calls = []
+    original = torch.Tensor.abs
+
+    def counting_abs(t):
+        calls.append(tuple(t.shape))
+        return original(t)
+
+    a = torch.randn(2, 4, 3)
+    b = torch.randn(2, 4, 3)
+    mask = torch.ones(2, 4, dtype=torch.long)
+    torch.Tensor.abs = counting_abs
+    try:
+        model(a, attention_mask=mask)
+    finally:
+        torch.Tensor.abs = original
+    assert len(calls) == 3  # q/k share one computation; v and o (after the in-place change) get their own
+    model(b, attention_mask=mask)  # a second micro-batch of the same step
+    mean = lambda t: t.abs().reshape(-1, 3).mean(0)  # noqa: E731
+    for name in ("q", "k", "v"):
+        assert torch.allclose(means.pop(name), (mean(a) + mean(b)) / 2)
+    assert torch.allclose(means.pop("o"), (mean(2 * a) + mean(2 * b)) / 2)
+
+
 def test_random_is_uniform_over_candidates(tiny_bert, glue_dir):
     trainer = make_trainer(tiny_bert, glue_dir, "random", "grad", steps=1, method__k=20)
     method = trainer.method
