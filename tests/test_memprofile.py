@@ -141,8 +141,9 @@ def test_estimate_of_a_large_shape_allocates_nothing():
     assert [r["method"] for r in rows] == ["full", "dps-mix"]
     params = 355_361_794  # roberta-large with a 2-label head
     assert int(rows[0]["weights_bytes"]) >= 4 * params
-    # DPS Mix's state at its largest stage (grad mode, Stage II): W0 + snapshot (4 B each) + bool mask per entry.
-    assert float(rows[1]["peak_vs_full_pct"]) > 0 and int(rows[1]["method_state_bytes"]) > 8 * 300_000_000
+    # DPS Mix's state at its largest stage: Stage I's W0 (4 B) + bf16 GAM (2 B); Stage II (S 4 + mask 1) is
+    # smaller since W0 is parked on disk then.
+    assert float(rows[1]["peak_vs_full_pct"]) > 0 and 6 * 300_000_000 < int(rows[1]["method_state_bytes"]) < 7 * 300_000_000  # W0 4 + GAM 2 B
 
 
 @pytest.mark.parametrize("args, message", [

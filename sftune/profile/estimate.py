@@ -108,7 +108,9 @@ def method_state(method, mask_mode: str) -> tuple[dict[str, int], str]:
         w0 = _nbytes(cands.values())
         cols = sum(p.shape[1] for p in cands.values() if p.dim() == 2)
         stage_one = {"w0": w0, "gam": gam, "fam": 4 * cols, "mask": cols}  # FAM int32 and R bool per column
-        stage_two = {"w0": w0, "mask": n, **({"snapshot": w0} if mask_mode == "grad" else {})}
+        stage_two = {"mask": n, **({"snapshot": w0} if mask_mode == "grad" else {})}
+        if getattr(method.options, "w0_store", "memory") == "memory":  # else W0 is parked on disk in Stage II
+            stage_two["w0"] = w0
         return (stage_one if sum(stage_one.values()) >= sum(stage_two.values()) else stage_two), "estimated"
     if name == "child-tuning-d":
         return {"mask": n}, "estimated"  # bool, 1 B per candidate entry
