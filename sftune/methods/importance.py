@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftune.select import BlockWeights
+
 
 class InputMeans:
     """Forward hooks that keep the running mean |input| per feature of chosen Linear and LayerNorm modules."""
@@ -101,3 +103,112 @@ def squared_importance_(out: torch.Tensor, kind: str, param: torch.Tensor, grad:
     if kind in ("linear_weight", "ln_weight") and mu is not None:
         out.mul_(mu.to(out.dtype) if kind == "ln_weight" else mu.to(out.dtype).unsqueeze(0))
     return out.square_()
+
+
+class ImportanceWeights(BlockWeights):
+    """I^2 of every candidate entry as the exact sampler reads it, computed from each parameter, its gradient
+    and its input means on demand: one streaming pass for the block sums, a few blocks per draw. No
+    n-sized buffer: the transient memory is the block sums (4 B per 32 entries) plus one parameter's
+    scores at a time.
+
+    Layout: the candidates in order, each padded with zeros to a multiple of `block` entries, so a block
+    never straddles two parameters. `split` maps indices of this layout back to per-parameter flat indices.
+    The values are bitwise those `squared_importance_` writes (same operations in the same order).
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], kinds: dict[str, str], mus: dict[str, torch.Tensor | None],
+                 block: int = 32):
+        self.names = list(params)
+        self.params, self.kinds, self.mus, self.block = params, kinds, mus, block
+        sizes = [params[n].numel() for n in self.names]
+        self.padded = [-(-s // block) * block for s in sizes]
+        self.starts = [0]
+        for p in self.padded[:-1]:
+            self.starts.append(self.starts[-1] + p)
+        self.numel = sum(self.padded)
+        self.device = params[self.names[0]].device
+        self.row_starts = torch.tensor([s // block for s in self.starts], device=self.device)
+        self.positive = 0  # entries with I^2 > 0, counted by level_sums
+        self._sums: torch.Tensor | None = None
+
+    def _scores(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        p = self.params[name]
+        if p.grad is None:
+            return out.zero_()
+        return squared_importance_(out.view(p.shape), self.kinds[name], p, p.grad, self.mus.get(name)).view(-1)
+
+    def level_sums(self, B: int) -> torch.Tensor:
+        """The block sums (and `positive`), computed on the first call; an instance is one step's scores, so
+        later calls return the same tensor (which the sampler then updates in place)."""
+        assert B == self.block, "the layout is padded for one block size"
+        if self._sums is None:
+            self._sums = self._compute_sums(B)
+        return self._sums
+
+    def _compute_sums(self, B: int) -> torch.Tensor:
+        scratch = torch.empty(max(p.numel() for p in self.params.values()), dtype=torch.float32,
+                              device=self.device)
+        sums, positive = [], []
+        for name in self.names:
+            scores = self._scores(name, scratch[:self.params[name].numel()])
+            positive.append(torch.count_nonzero(scores))
+            sums.append(_block_sums(scores, B))
+        self.positive = int(torch.stack(positive).sum())
+        return torch.cat(sums)
+
+    def rows(self, row_ids: torch.Tensor, B: int) -> torch.Tensor:
+        out = torch.zeros(row_ids.numel(), B, dtype=torch.float32, device=self.device)
+        owner = torch.searchsorted(self.row_starts, row_ids, right=True) - 1
+        bounds = torch.searchsorted(owner, torch.arange(len(self.names) + 1, device=self.device)).tolist()
+        offsets = torch.arange(B, device=self.device)
+        for i, name in enumerate(self.names):
+            lo, hi = bounds[i], bounds[i + 1]
+            if lo == hi:
+                continue
+            p = self.params[name]
+            entries = ((row_ids[lo:hi] - self.row_starts[i]) * B).unsqueeze(1) + offsets  # flat, may pass the end
+            valid = entries < p.numel()
+            idx = entries.clamp(max=p.numel() - 1)
+            out[lo:hi] = self._entries(name, idx).masked_fill_(~valid, 0.0)
+        return out
+
+    def _entries(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """I^2 at the flat positions `idx` of parameter `name` (any shape)."""
+        p = self.params[name]
+        if p.grad is None:
+            return torch.zeros(idx.shape, dtype=torch.float32, device=self.device)
+        values = p.detach().reshape(-1)[idx] * p.grad.reshape(-1)[idx]  # as squared_importance_, entry by entry
+        kind, mu = self.kinds[name], self.mus.get(name)
+        if kind in ("linear_weight", "ln_weight") and mu is not None:
+            values.mul_(mu.to(values.dtype)[idx % p.shape[-1] if kind == "linear_weight" else idx])
+        return values.square_()
+
+    def values(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = self.rows(torch.div(idx, self.block, rounding_mode="floor"), self.block)
+        return rows.gather(1, (idx % self.block).unsqueeze(1)).squeeze(1)
+
+    def dense(self) -> torch.Tensor:
+        out = torch.zeros(self.numel, dtype=torch.float32, device=self.device)
+        for name, start in zip(self.names, self.starts):
+            self._scores(name, out[start:start + self.params[name].numel()])
+        return out
+
+    def padding(self) -> torch.Tensor:
+        """Bool vector over the layout: True on the zero padding between parameters."""
+        pad = torch.ones(self.numel, dtype=torch.bool, device=self.device)
+        for name, start in zip(self.names, self.starts):
+            pad[start:start + self.params[name].numel()] = False
+        return pad
+
+    def split(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Indices of this layout -> per-parameter flat indices, ascending (one host sync)."""
+        idx = torch.sort(idx.reshape(-1)).values
+        bounds = torch.tensor([*self.starts, self.numel], device=idx.device)
+        cuts = torch.searchsorted(idx, bounds).tolist()
+        return {n: idx[cuts[i]:cuts[i + 1]] - self.starts[i] for i, n in enumerate(self.names)}
+
+
+def _block_sums(x: torch.Tensor, B: int) -> torch.Tensor:
+    from sftune.select.sampling import _level_sums
+
+    return _level_sums(x, B)

@@ -18,15 +18,18 @@ class StochasticTuning(ScoredMethod):
                "mean). If fewer than k entries have non-zero importance, all of them are taken and the rest "
                "drawn uniformly among the others (sftune choice).")
 
+    flat_scores = False  # the sampler reads I^2 block by block (ImportanceWeights): no 4 B/candidate buffer
+
     def select(self, step):
-        weights = self.scores()
-        positive = int((weights > 0).sum())
-        if positive >= self.k:
-            return self.split(weighted_sample_without_replacement(weights, self.k, self.generator))
+        weights = self.importance()
+        weights.level_sums(weights.block)  # the sampler's one pass over n; it also counts I^2 > 0
+        if weights.positive >= self.k:
+            return weights.split(weighted_sample_without_replacement(weights, self.k, self.generator))
         # Not enough non-zero importance (e.g. zero-initialised biases at the first step): take them all and
-        # fill the budget uniformly among the rest, so k stays exact.
-        chosen = torch.nonzero(weights > 0).squeeze(1)
-        rest = torch.nonzero(weights <= 0).squeeze(1)
-        extra = rest[uniform_sample_without_replacement(rest.numel(), self.k - positive, self.generator,
-                                                        device=weights.device)]
-        return self.split(torch.cat([chosen, extra]))
+        # fill the budget uniformly among the rest, so k stays exact. Rare: materialise the scores here.
+        dense = weights.dense().masked_fill_(weights.padding(), -1.0)  # padding is never chosen
+        chosen = torch.nonzero(dense > 0).squeeze(1)
+        rest = torch.nonzero(dense == 0).squeeze(1)
+        extra = rest[uniform_sample_without_replacement(rest.numel(), self.k - weights.positive, self.generator,
+                                                        device=dense.device)]
+        return weights.split(torch.cat([chosen, extra]))

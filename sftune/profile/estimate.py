@@ -117,8 +117,9 @@ def method_state(method, mask_mode: str) -> tuple[dict[str, int], str]:
     k = getattr(method, "k", None)
     if k is not None:  # per-step budget methods: this step's k indices (int64) stay until the next step
         out = {"masks": 8 * int(k)}
-        if hasattr(method, "means"):  # importance-scored: a float32 score per candidate, mu per input feature
-            out["flat"] = 4 * sum(p.numel() for p in method.candidates.values())
+        if hasattr(method, "means"):  # importance-scored: mu per input feature, and for Top a float32 score
+            if getattr(method, "flat_scores", False):  # per candidate (Stochastic computes them block-wise)
+                out["flat"] = 4 * sum(p.numel() for p in method.candidates.values())
             out["means"] = 4 * sum(_input_features(method))
         return out, "estimated"
     if name == "child-tuning-f":

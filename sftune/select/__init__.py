@@ -7,7 +7,7 @@ ascending order, and randomness comes only from the ``torch.Generator`` passed i
 
 from .flat import FlatBuffer
 from .masks import BitMask, bernoulli_mask_, bernoulli_threshold, pack_bits, unpack_bits
-from .sampling import uniform_sample_without_replacement, weighted_sample_without_replacement
+from .sampling import BlockWeights, uniform_sample_without_replacement, weighted_sample_without_replacement
 from .topk import global_threshold, global_threshold_mask, kth_largest_value, top_fraction_mask, topk_indices
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "bernoulli_threshold",
     "pack_bits",
     "unpack_bits",
+    "BlockWeights",
     "uniform_sample_without_replacement",
     "weighted_sample_without_replacement",
     "global_threshold",

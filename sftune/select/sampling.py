@@ -45,7 +45,7 @@ import torch
 
 from .topk import _k_largest_positions
 
-__all__ = ["weighted_sample_without_replacement", "uniform_sample_without_replacement"]
+__all__ = ["BlockWeights", "weighted_sample_without_replacement", "uniform_sample_without_replacement"]
 
 # Lower end of the uniform draw for the keys method: torch's float32 uniform_ is a multiple of 2^-24 in
 # [0, 1); drawing from [2^-25, 1) moves only the value 0 (to 2^-25, its bucket's midpoint) so log(U) is
@@ -59,8 +59,55 @@ _MAX_ROUNDS = 40
 _DRAW_CHUNK = 1 << 15
 
 
+class BlockWeights:
+    """Weights that the cdf method reads in blocks instead of as one tensor.
+
+    The cdf method touches the weights in three ways only: one streaming pass for the sums of consecutive
+    blocks of B entries, a few gathered blocks per draw, and the values of the drawn items. A caller whose
+    weights are a function of other tensors (Stochastic Tuning's importance, computed from each parameter,
+    its gradient and its input means) implements these and never materialises an n-sized vector. Entries
+    are numbered 0..numel-1; a block is B consecutive entries, the last one zero-padded.
+    """
+
+    numel: int
+    device: torch.device
+
+    def level_sums(self, B: int) -> torch.Tensor:
+        """float32 sums of the ceil(numel / B) consecutive blocks of B entries."""
+        raise NotImplementedError
+
+    def rows(self, row_ids: torch.Tensor, B: int) -> torch.Tensor:
+        """(len(row_ids), B) entries of the given blocks, zero past numel."""
+        raise NotImplementedError
+
+    def values(self, idx: torch.Tensor) -> torch.Tensor:
+        """The entries at ``idx``."""
+        raise NotImplementedError
+
+    def dense(self) -> torch.Tensor:
+        """All entries as one 1-D tensor (only the rare fallback to the keys method needs it)."""
+        raise NotImplementedError
+
+
+class _TensorWeights(BlockWeights):
+    def __init__(self, w: torch.Tensor):
+        self.w, self.numel, self.device = w, w.numel(), w.device
+
+    def level_sums(self, B: int) -> torch.Tensor:
+        return _level_sums(self.w, B)
+
+    def rows(self, row_ids: torch.Tensor, B: int) -> torch.Tensor:
+        return _gather_rows(self.w, row_ids, B)
+
+    def values(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.w[idx]
+
+    def dense(self) -> torch.Tensor:
+        return self.w
+
+
 def weighted_sample_without_replacement(
-    weights: torch.Tensor,
+    weights: torch.Tensor | BlockWeights,
     k: int,
     generator: torch.Generator,
     chunk_size: int = 1 << 22,
@@ -76,21 +123,23 @@ def weighted_sample_without_replacement(
     ``out``: optional int64 tensor of k elements to write the result into. Returns int64 indices in
     ascending order.
 
+    ``weights`` may also be a ``BlockWeights`` (weights computed block by block, never materialised).
+
     Raises ValueError if fewer than k weights are positive (zero-weight entries are never selected).
     """
-    w = weights.reshape(-1)
-    n = w.numel()
+    src = weights if isinstance(weights, BlockWeights) else _TensorWeights(weights.reshape(-1))
+    n = src.numel
     k = int(k)
     if k < 0 or k > n:
         raise ValueError(f"cannot draw k={k} distinct indices out of n={n}")
     if method == "auto":
         method = "cdf"
     if k == 0:
-        res = torch.empty(0, dtype=torch.long, device=w.device)
+        res = torch.empty(0, dtype=torch.long, device=src.device)
     elif method == "keys":
-        res = _sample_keys(w, k, generator, chunk_size, exclude=None)
+        res = _sample_keys(src.dense(), k, generator, chunk_size, exclude=None)
     elif method == "cdf":
-        res = _sample_cdf(w, k, generator, chunk_size)
+        res = _sample_cdf(src, k, generator, chunk_size)
     else:
         raise ValueError(f"unknown method {method!r} (expected 'auto', 'keys' or 'cdf')")
     if out is not None:
@@ -210,7 +259,7 @@ def _zero_items_in_rows(rows: torch.Tensor, row_ids: torch.Tensor, items: torch.
 
 
 def _descend(
-    vals: torch.Tensor, parent: torch.Tensor, frac: torch.Tensor, B: int, zero_items: torch.Tensor | None
+    vals: BlockWeights, parent: torch.Tensor, frac: torch.Tensor, B: int, zero_items: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One level down the sampling tree.
 
@@ -221,7 +270,7 @@ def _descend(
     row (a row-wise 2-D cumsum is also ~5x faster than a fresh 1-D float64 cumsum on CPU).
     """
     up, counts = torch.unique_consecutive(parent, return_counts=True)
-    rows = _gather_rows(vals, up, B)
+    rows = vals.rows(up, B)
     if zero_items is not None:
         _zero_items_in_rows(rows, up, zero_items, B)
     rp = rows.to(torch.float64).cumsum_(1)
@@ -254,7 +303,7 @@ def _sorted_uniforms(m: int, generator: torch.Generator, device: torch.device) -
     return (s[:m] / s[m]).clamp_(max=1.0 - 2.0**-53)
 
 
-def _sample_cdf(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int) -> torch.Tensor:
+def _sample_cdf(w: BlockWeights, k: int, generator: torch.Generator, chunk_size: int) -> torch.Tensor:
     """Successive sampling by rounds of i.i.d. inverse-CDF draws down a 3-level tree (see module doc).
 
     Tree: leaves = weights, level 1 = sums of ``_BLOCK`` leaves, level 2 = sums of ``_BLOCK`` level-1
@@ -270,8 +319,9 @@ def _sample_cdf(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size:
     """
     dev = w.device
     B = _BLOCK
-    lvl1 = _level_sums(w, B)
+    lvl1 = w.level_sums(B)
     lvl2 = _level_sums(lvl1, B)
+    lvl1_rows = _TensorWeights(lvl1)
     top = torch.cumsum(lvl2.to(torch.float64), 0)
     removed = torch.empty(0, dtype=torch.long, device=dev)  # ascending
     selected = torch.empty(0, dtype=torch.long, device=dev)  # ascending
@@ -287,7 +337,7 @@ def _sample_cdf(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size:
         if pending_mass > 0.25 * total:
             # Many draws would be rejected: remove the selected items from the distribution.
             b1 = torch.unique_consecutive(torch.div(selected, B, rounding_mode="floor"))
-            rows = _gather_rows(w, b1, B)
+            rows = w.rows(b1, B)
             _zero_items_in_rows(rows, b1, selected, B)
             lvl1[b1] = rows.to(torch.float64).sum(dim=1).to(lvl1.dtype)
             b2 = torch.unique_consecutive(torch.div(b1, B, rounding_mode="floor"))
@@ -310,7 +360,7 @@ def _sample_cdf(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size:
             lo = (top[(s2 - 1).clamp_(min=0)]).masked_fill_(s2 == 0, 0.0)
             f2 = ((uc - lo) / (hi - lo)).clamp_(0.0, 1.0)
             ok = hi > lo
-            s1, f1, ok1 = _descend(lvl1, s2, f2, B, None)
+            s1, f1, ok1 = _descend(lvl1_rows, s2, f2, B, None)
             leaf, _, ok0 = _descend(w, s1, f1, B, removed if removed.numel() else None)
             # A draw on a zero-mass node can only come from rounding at an interval edge: reject it.
             # Rejection depends only on the draw itself, so the accepted draws stay exact.
@@ -323,10 +373,10 @@ def _sample_cdf(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size:
         if got:
             selected = torch.sort(torch.cat([selected, new])).values
             have += got
-            pending_mass += float(w[new].to(torch.float64).sum())
+            pending_mass += float(w.values(new).to(torch.float64).sum())
     if have < k:
         # Stalled (pathologically skewed weights): finish exactly with exponential keys on the rest.
-        rest = _sample_keys(w, k - have, generator, chunk_size, exclude=selected)
+        rest = _sample_keys(w.dense(), k - have, generator, chunk_size, exclude=selected)
         selected = torch.sort(torch.cat([selected, rest])).values
     return selected
 

@@ -245,3 +245,43 @@ def test_structural_subsets(tiny_bert, glue_dir, method, expect):
         wanted = name.startswith("classifier.") or (any(e in name for e in expect)
                                                     and not (method == "attention" and "LayerNorm" in name))
         assert p.requires_grad == wanted, name
+
+
+def test_block_importance_equals_the_flat_scores_and_samples_alike(tiny_bert, glue_dir):
+    """Stochastic's block-wise importance (no n-sized buffer) holds bitwise the values Top's flat buffer
+    holds, with each parameter padded to whole blocks, and the sampler draws the same sample from it as from
+    those values as one tensor (same generator state)."""
+    from sftune.methods.scored import ScoredMethod
+    from sftune.select import weighted_sample_without_replacement
+
+    trainer = make_trainer(tiny_bert, glue_dir, "top", steps=1)
+    method = trainer.method
+    batch = next(iter(trainer.train_loader))
+    batch.pop("idx", None)
+    trainer.model(**batch).loss.backward()
+    kept = {n: (method.means.sums[n].clone(), method.means.counts[n].clone()) for n in method.means.sums}
+    flat = ScoredMethod.scores(method).clone()
+    method.means.sums, method.means.counts = ({n: v[0] for n, v in kept.items()}, {n: v[1] for n, v in kept.items()})
+    weights = method.importance()
+    assert any(p.numel() % weights.block for p in method.candidates.values())  # padding is exercised
+    dense = weights.dense()
+    pad = weights.padding()
+    assert torch.equal(dense[~pad], flat) and bool((dense[pad] == 0).all())
+    from sftune.select.sampling import _level_sums
+
+    assert torch.equal(weights.level_sums(weights.block), _level_sums(dense, weights.block))
+    assert weights.positive == int((flat > 0).sum())
+    rows = torch.tensor([0, 3, weights.numel // weights.block - 1])
+    assert torch.equal(weights.rows(rows, weights.block), dense.view(-1, weights.block)[rows])
+    idx = torch.tensor([1, 40, weights.numel - 1])
+    assert torch.equal(weights.values(idx), dense[idx])
+    k = 50
+    a = weighted_sample_without_replacement(weights, k, torch.Generator().manual_seed(7))
+    b = weighted_sample_without_replacement(dense, k, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    split = weights.split(a)
+    assert sum(v.numel() for v in split.values()) == k
+    for name, local in split.items():  # back to the parameters' own flat indices, inside each parameter
+        assert bool((local < method.candidates[name].numel()).all())
+        start = weights.starts[weights.names.index(name)]
+        assert torch.equal(dense[local + start], flat[local + method.flat.offsets[name]])
