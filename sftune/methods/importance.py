@@ -128,7 +128,6 @@ class ImportanceWeights(BlockWeights):
         self.numel = sum(self.padded)
         self.device = params[self.names[0]].device
         self.row_starts = torch.tensor([s // block for s in self.starts], device=self.device)
-        self.positive = 0  # entries with I^2 > 0, counted by level_sums
         self._sums: torch.Tensor | None = None
 
     def _scores(self, name: str, out: torch.Tensor) -> torch.Tensor:
@@ -138,7 +137,7 @@ class ImportanceWeights(BlockWeights):
         return squared_importance_(out.view(p.shape), self.kinds[name], p, p.grad, self.mus.get(name)).view(-1)
 
     def level_sums(self, B: int) -> torch.Tensor:
-        """The block sums (and `positive`), computed on the first call; an instance is one step's scores, so
+        """The block sums, computed on the first call; an instance is one step's scores, so
         later calls return the same tensor (which the sampler then updates in place)."""
         assert B == self.block, "the layout is padded for one block size"
         if self._sums is None:
@@ -148,13 +147,19 @@ class ImportanceWeights(BlockWeights):
     def _compute_sums(self, B: int) -> torch.Tensor:
         scratch = torch.empty(max(p.numel() for p in self.params.values()), dtype=torch.float32,
                               device=self.device)
-        sums, positive = [], []
-        for name in self.names:
-            scores = self._scores(name, scratch[:self.params[name].numel()])
-            positive.append(torch.count_nonzero(scores))
-            sums.append(_block_sums(scores, B))
-        self.positive = int(torch.stack(positive).sum())
-        return torch.cat(sums)
+        sums = torch.cat([_block_sums(self._scores(name, scratch[:self.params[name].numel()]), B)
+                          for name in self.names])
+        del scratch
+        return sums
+
+    def count_positive(self, at_least: int) -> int:
+        """The number of entries with I^2 > 0 if it is below `at_least`, else some number >= `at_least`: a
+        block with a positive sum holds at least one positive entry, so counting blocks (n / 32 values)
+        settles the usual case; entries are counted only when blocks do not suffice."""
+        blocks = int(torch.count_nonzero(self.level_sums(self.block)))
+        if blocks >= at_least:
+            return blocks
+        return int(torch.count_nonzero(self.dense()))
 
     def rows(self, row_ids: torch.Tensor, B: int) -> torch.Tensor:
         out = torch.zeros(row_ids.numel(), B, dtype=torch.float32, device=self.device)
@@ -166,11 +171,27 @@ class ImportanceWeights(BlockWeights):
             if lo == hi:
                 continue
             p = self.params[name]
-            entries = ((row_ids[lo:hi] - self.row_starts[i]) * B).unsqueeze(1) + offsets  # flat, may pass the end
+            local = row_ids[lo:hi] - self.row_starts[i]
+            if p.numel() % B == 0 and (self.kinds[name] != "linear_weight" or p.shape[-1] % B == 0):
+                out[lo:hi] = self._whole_rows(name, local, B)  # the common case: row gathers, no padding
+                continue
+            entries = (local * B).unsqueeze(1) + offsets  # flat positions, may pass the end
             valid = entries < p.numel()
             idx = entries.clamp(max=p.numel() - 1)
             out[lo:hi] = self._entries(name, idx).masked_fill_(~valid, 0.0)
         return out
+
+    def _whole_rows(self, name: str, local: torch.Tensor, B: int) -> torch.Tensor:
+        """I^2 of whole rows of B entries of a parameter whose size (and, for a Linear, input width) B divides."""
+        p = self.params[name]
+        if p.grad is None:
+            return torch.zeros(local.numel(), B, dtype=torch.float32, device=self.device)
+        values = p.detach().reshape(-1, B).index_select(0, local) * p.grad.reshape(-1, B).index_select(0, local)
+        kind, mu = self.kinds[name], self.mus.get(name)
+        if kind in ("linear_weight", "ln_weight") and mu is not None:
+            segment = local % (p.shape[-1] // B) if kind == "linear_weight" else local  # the row's mu entries
+            values.mul_(mu.to(values.dtype).reshape(-1, B).index_select(0, segment))
+        return values.square_()
 
     def _entries(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """I^2 at the flat positions `idx` of parameter `name` (any shape)."""

@@ -22,14 +22,14 @@ class StochasticTuning(ScoredMethod):
 
     def select(self, step):
         weights = self.importance()
-        weights.level_sums(weights.block)  # the sampler's one pass over n; it also counts I^2 > 0
-        if weights.positive >= self.k:
+        positive = weights.count_positive(at_least=self.k)  # runs the sampler's one pass over n (block sums)
+        if positive >= self.k:
             return weights.split(weighted_sample_without_replacement(weights, self.k, self.generator))
         # Not enough non-zero importance (e.g. zero-initialised biases at the first step): take them all and
         # fill the budget uniformly among the rest, so k stays exact. Rare: materialise the scores here.
         dense = weights.dense().masked_fill_(weights.padding(), -1.0)  # padding is never chosen
         chosen = torch.nonzero(dense > 0).squeeze(1)
         rest = torch.nonzero(dense == 0).squeeze(1)
-        extra = rest[uniform_sample_without_replacement(rest.numel(), self.k - weights.positive, self.generator,
+        extra = rest[uniform_sample_without_replacement(rest.numel(), self.k - positive, self.generator,
                                                         device=dense.device)]
         return weights.split(torch.cat([chosen, extra]))
