@@ -81,11 +81,13 @@ def run_sweeps(sweeps: list[dict], out: Path) -> None:
     for s in sweeps:
         print(f"== {s['key']}: {shlex.join(s['cmd'])}", flush=True)
         t0 = time.time()
-        rc = subprocess.call(s["cmd"])
-        walls[s["key"]] = walls.get(s["key"], 0.0) + time.time() - t0
-        tmp = wall_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(walls, indent=1))
-        os.replace(tmp, wall_file)
+        try:
+            rc = subprocess.call(s["cmd"])
+        finally:  # an interrupted sweep's time counts too
+            walls[s["key"]] = walls.get(s["key"], 0.0) + time.time() - t0
+            tmp = wall_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(walls, indent=1))
+            os.replace(tmp, wall_file)
         if rc == 130:
             sys.exit(130)
         if rc != 0:
