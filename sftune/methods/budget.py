@@ -16,6 +16,7 @@ from torch import nn
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.masking import MaskedMethod
+from sftune.select import split_sorted
 
 
 @dataclass
@@ -80,9 +81,8 @@ class BudgetMethod(MaskedMethod):
             self._starts = starts.tolist()
             device = next(iter(self.candidates.values())).device
             self._bounds = torch.cat([starts, sizes.sum().view(1)]).to(device)
-        idx = torch.sort(flat_indices.reshape(-1)).values
-        cuts = torch.searchsorted(idx, self._bounds).tolist()
-        return {n: idx[cuts[i]:cuts[i + 1]] - self._starts[i] for i, n in enumerate(self.candidates)}
+        return split_sorted(torch.sort(flat_indices.reshape(-1)).values, list(self.candidates), self._starts,
+                            self._bounds)
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftune.select import BlockWeights
+from sftune.select import BlockWeights, split_sorted
 
 
 class InputMeans:
@@ -223,10 +223,8 @@ class ImportanceWeights(BlockWeights):
 
     def split(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Indices of this layout -> per-parameter flat indices, ascending (one host sync)."""
-        idx = torch.sort(idx.reshape(-1)).values
         bounds = torch.tensor([*self.starts, self.numel], device=idx.device)
-        cuts = torch.searchsorted(idx, bounds).tolist()
-        return {n: idx[cuts[i]:cuts[i + 1]] - self.starts[i] for i, n in enumerate(self.names)}
+        return split_sorted(torch.sort(idx.reshape(-1)).values, self.names, self.starts, bounds)
 
 
 def _block_sums(x: torch.Tensor, B: int) -> torch.Tensor:

@@ -5,13 +5,14 @@ budgets are exact (k asked, k returned), ties are broken by lower flat index, in
 ascending order, and randomness comes only from the ``torch.Generator`` passed in.
 """
 
-from .flat import FlatBuffer
+from .flat import FlatBuffer, split_sorted
 from .masks import BitMask, bernoulli_mask_, bernoulli_threshold, pack_bits, unpack_bits
 from .sampling import BlockWeights, uniform_sample_without_replacement, weighted_sample_without_replacement
 from .topk import global_threshold, global_threshold_mask, kth_largest_value, top_fraction_mask, topk_indices
 
 __all__ = [
     "FlatBuffer",
+    "split_sorted",
     "BitMask",
     "bernoulli_mask_",
     "bernoulli_threshold",

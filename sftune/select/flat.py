@@ -14,7 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-__all__ = ["FlatBuffer"]
+__all__ = ["FlatBuffer", "split_sorted"]
+
+
+def split_sorted(idx: torch.Tensor, names: Sequence[str], starts: Sequence[int],
+                 bounds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Ascending global indices -> per-name local indices, where name i owns [starts[i], starts[i + 1]).
+    ``bounds`` is ``starts`` plus the end, as a tensor on the indices' device. Every name gets an entry
+    (possibly empty). One host sync: the counts per segment, from one searchsorted over len(names) + 1 values."""
+    cuts = torch.searchsorted(idx, bounds).tolist()
+    return {n: idx[cuts[i] : cuts[i + 1]] - starts[i] for i, n in enumerate(names)}
 
 
 class FlatBuffer:
@@ -135,12 +144,7 @@ class FlatBuffer:
         idx = flat_indices.reshape(-1).to(device=self.data.device, dtype=torch.long)
         if not assume_sorted:
             idx = torch.sort(idx).values
-        # counts per segment from the boundaries: one searchsorted over len(names)+1 values.
-        cuts = torch.searchsorted(idx, self._bounds).tolist()
-        out: dict[str, torch.Tensor] = {}
-        for i, n in enumerate(self.names):
-            out[n] = idx[cuts[i] : cuts[i + 1]] - self.offsets[n]
-        return out
+        return split_sorted(idx, self.names, [self.offsets[n] for n in self.names], self._bounds)
 
     def masks_from_indices(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-name boolean masks (fresh tensors) with True at the given global flat indices."""
