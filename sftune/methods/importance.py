@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftune.select import BlockWeights, split_sorted
+from sftune.select.sampling import _level_sums  # the sampler's own block sums, so both sides agree bitwise
 
 
 class InputMeans:
@@ -100,9 +101,15 @@ def squared_importance_(out: torch.Tensor, kind: str, param: torch.Tensor, grad:
                         mu: torch.Tensor | None) -> torch.Tensor:
     """Write I^2 = (mu * W * g)^2 (sampling weights are proportional to I^2) into `out`, in place."""
     torch.mul(param.detach(), grad, out=out)
+    return _times_mu_squared_(out, kind, mu, lambda m: m if kind == "ln_weight" else m.unsqueeze(0))
+
+
+def _times_mu_squared_(values: torch.Tensor, kind: str, mu: torch.Tensor | None, pick) -> torch.Tensor:
+    """values (= W * g) *= mu where the kind has one (Linear and LayerNorm weights), then squared, in place.
+    `pick` takes mu (in values' dtype) to the entries of `values`: broadcast, or gathered."""
     if kind in ("linear_weight", "ln_weight") and mu is not None:
-        out.mul_(mu.to(out.dtype) if kind == "ln_weight" else mu.to(out.dtype).unsqueeze(0))
-    return out.square_()
+        values.mul_(pick(mu.to(values.dtype)))
+    return values.square_()
 
 
 class ImportanceWeights(BlockWeights):
@@ -147,7 +154,7 @@ class ImportanceWeights(BlockWeights):
     def _compute_sums(self, B: int) -> torch.Tensor:
         scratch = torch.empty(max(p.numel() for p in self.params.values()), dtype=torch.float32,
                               device=self.device)
-        sums = torch.cat([_block_sums(self._scores(name, scratch[:self.params[name].numel()]), B)
+        sums = torch.cat([_level_sums(self._scores(name, scratch[:self.params[name].numel()]), B)
                           for name in self.names])
         del scratch
         return sums
@@ -187,11 +194,9 @@ class ImportanceWeights(BlockWeights):
         if p.grad is None:
             return torch.zeros(local.numel(), B, dtype=torch.float32, device=self.device)
         values = p.detach().reshape(-1, B).index_select(0, local) * p.grad.reshape(-1, B).index_select(0, local)
-        kind, mu = self.kinds[name], self.mus.get(name)
-        if kind in ("linear_weight", "ln_weight") and mu is not None:
-            segment = local % (p.shape[-1] // B) if kind == "linear_weight" else local  # the row's mu entries
-            values.mul_(mu.to(values.dtype).reshape(-1, B).index_select(0, segment))
-        return values.square_()
+        kind = self.kinds[name]
+        segment = local % (p.shape[-1] // B) if kind == "linear_weight" else local  # the rows' mu entries
+        return _times_mu_squared_(values, kind, self.mus.get(name), lambda m: m.reshape(-1, B).index_select(0, segment))
 
     def _entries(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """I^2 at the flat positions `idx` of parameter `name` (any shape)."""
@@ -199,10 +204,9 @@ class ImportanceWeights(BlockWeights):
         if p.grad is None:
             return torch.zeros(idx.shape, dtype=torch.float32, device=self.device)
         values = p.detach().reshape(-1)[idx] * p.grad.reshape(-1)[idx]  # as squared_importance_, entry by entry
-        kind, mu = self.kinds[name], self.mus.get(name)
-        if kind in ("linear_weight", "ln_weight") and mu is not None:
-            values.mul_(mu.to(values.dtype)[idx % p.shape[-1] if kind == "linear_weight" else idx])
-        return values.square_()
+        kind = self.kinds[name]
+        columns = idx % p.shape[-1] if kind == "linear_weight" else idx
+        return _times_mu_squared_(values, kind, self.mus.get(name), lambda m: m[columns])
 
     def values(self, idx: torch.Tensor) -> torch.Tensor:
         rows = self.rows(torch.div(idx, self.block, rounding_mode="floor"), self.block)
@@ -225,9 +229,3 @@ class ImportanceWeights(BlockWeights):
         """Indices of this layout -> per-parameter flat indices, ascending (one host sync)."""
         bounds = torch.tensor([*self.starts, self.numel], device=idx.device)
         return split_sorted(torch.sort(idx.reshape(-1)).values, self.names, self.starts, bounds)
-
-
-def _block_sums(x: torch.Tensor, B: int) -> torch.Tensor:
-    from sftune.select.sampling import _level_sums
-
-    return _level_sums(x, B)
