@@ -96,16 +96,12 @@ class DPSMix(DPSMethod):
 
     def __init__(self, options: Any = None, mask_mode: str = "grad"):
         super().__init__(options, mask_mode)
-        if self.options.freq_penalty not in PENALTY_RULES:
-            from sftune.errors import UsageError
+        for key, allowed in (("freq_penalty", PENALTY_RULES), ("w0_store", W0_STORES)):
+            value = getattr(self.options, key)
+            if value not in allowed:
+                from sftune.errors import UsageError
 
-            raise UsageError(f"dps-mix: method.freq_penalty must be one of {', '.join(PENALTY_RULES)}, "
-                             f"got '{self.options.freq_penalty}'.")
-        if self.options.w0_store not in W0_STORES:
-            from sftune.errors import UsageError
-
-            raise UsageError(f"dps-mix: method.w0_store must be one of {', '.join(W0_STORES)}, "
-                             f"got '{self.options.w0_store}'.")
+                raise UsageError(f"dps-mix: method.{key} must be one of {', '.join(allowed)}, got '{value}'.")
 
     # ------------------------------------------------------------------------------------------ set up
     def setup(self, ctx: RunContext) -> None:
@@ -184,9 +180,9 @@ class DPSMix(DPSMethod):
             self.w0 = {}
 
     def _set_stage_two_mix(self) -> None:
+        """Stage II's mixing (grad mode: towards the snapshot S); the caller has cleared Stage I's."""
         if self.mix is None:
             return
-        self.mix.clear()
         if self.mask_mode != "grad":
             return  # update mode: the weight is W_eff itself, plain forward
         self.snapshot = {n: self.candidates[n].detach().clone() for n in self.stage_masks}
