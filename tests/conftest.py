@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -142,3 +143,20 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+@pytest.fixture
+def train_with_reg(cli, tiny_bert, glue_dir, tmp_path):
+    """The regularisers' end-to-end runs: train_with_reg("mixout:p=0.3") runs 3 steps of the tiny BERT on RTE
+    with that --reg, asserts success and returns (run directory, its train records)."""
+
+    def run(reg: str):
+        out = tmp_path / reg.split(":")[0]
+        code, _, stderr = cli("train", tiny_bert, "rte", "--data-dir", glue_dir, "--reg", reg,
+                              "--max-steps", "3", "--batch-size", "8", "--set", "data.train_size=24",
+                              "--set", "train.log_every=1", "--set", "data.eval_batch_size=128", "-o", out)
+        assert code == 0, stderr
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return out, [r for r in records if r["type"] == "train"]
+
+    return run

@@ -149,15 +149,10 @@ def test_set_dropout_reaches_float_attributes():
     assert layer.layerdrop == 0.1  # not a dropout probability
 
 
-def test_mixout_trains_end_to_end(cli, tiny_bert, glue_dir, tmp_path):
-    out = tmp_path / "mixout"
-    code, _, stderr = cli("train", tiny_bert, "rte", "--data-dir", glue_dir, "--reg", "mixout:p=0.3",
-                          "--max-steps", "3", "--batch-size", "8", "--set", "data.train_size=24",
-                          "--set", "train.log_every=1", "--set", "data.eval_batch_size=128", "-o", out)
-    assert code == 0, stderr
+def test_mixout_trains_end_to_end(train_with_reg):
+    out, train = train_with_reg("mixout:p=0.3")
     results = json.loads((out / "results.json").read_text())
     assert results["mixout"]["modules"] > 10 and results["mixout"]["dropout"] == 0.0
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    kept = [r["mixout/kept"] for r in records if r["type"] == "train"]
+    kept = [r["mixout/kept"] for r in train]
     assert len(kept) == 3 and all(0.5 < k < 0.9 for k in kept)
     assert "mixout" in (out / "config.yaml").read_text()
