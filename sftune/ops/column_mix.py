@@ -30,7 +30,14 @@ def _broadcast(mask, weight):
 
 
 def _effective(weight, target, col_mask, scale):
-    return torch.addcmul(target, weight - target, _broadcast((col_mask * scale).to(weight.dtype), weight))
+    # One lerp kernel, target + (R*scale)*(W - target), and one weight-sized result: the addcmul form made two
+    # weight-sized tensors and its broadcast over a [1, in] column mask ran ~10x slower on CPU. Where R = 0 the
+    # result is the target exactly (lerp with weight 0).
+    if col_mask.dim() == weight.dim():
+        coeff = col_mask.to(weight.dtype, copy=True).mul_(scale)
+    else:
+        coeff = (col_mask * scale).to(weight.dtype).unsqueeze(0)
+    return torch.lerp(target, weight, coeff)
 
 
 class _MixedLinear(torch.autograd.Function):
@@ -58,7 +65,7 @@ class _MixedLinear(torch.autograd.Function):
             grad_x = (grad_out @ w_eff.to(grad_out.dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
             h = g2.t().float() @ x.reshape(-1, x.shape[-1]).float()  # dL/dW_eff
-            grad_w = (h * _broadcast(col_mask.to(h.dtype), weight)).to(weight.dtype)  # reference: h * R, no scale
+            grad_w = h.mul_(_broadcast(col_mask, h)).to(weight.dtype)  # reference: h * R, no scale; in place
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b, None, None, None
