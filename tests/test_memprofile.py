@@ -52,6 +52,7 @@ def test_every_cell_is_reported_and_the_failed_one_names_its_cause(measured):
             if cell is failed:
                 continue
             assert cell["status"] == "ok" and cell["steps"] == 3 and cell["device"].startswith("cpu")
+            assert cell["timed_steps"] == 3  # as many untracked, timed steps after the tracked ones
             assert cell["peak_bytes"] > 0 and cell["peak_source"] in ("VmHWM", "ru_maxrss")
             assert set(cell["time"]) == {"forward", "hooks", "extra_loss", "backward", "selection", "optimizer",
                                          "total"}

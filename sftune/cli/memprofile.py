@@ -52,8 +52,9 @@ def memprofile(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", "-b", help="Comma-separated batch sizes (rows).")]
     = "16,32",
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per example (exactly; no padding).")] = 128,
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps per cell; the first is left out of "
-                                                       "the step times (at least 2).")] = 3,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps per cell measured for memory, then as "
+                                                       "many again timed without the memory tracking (the first "
+                                                       "timed step is left out; at least 2).")] = 3,
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (mixed precision).")] = "fp32",
     mask_mode: Annotated[str, typer.Option("--mask-mode", help="grad (reference) or update (exact MaskedAdamW: "
                                                                "adds int16 step counts).")] = "grad",

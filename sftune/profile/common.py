@@ -214,7 +214,7 @@ def run_config(cell: Cell):
         "task": cell.task,
         "method": method,
         "data": {"max_length": cell.seq_len},
-        "train": {"batch_size": cell.batch_size, "max_steps": cell.steps, "precision": PRECISIONS[cell.precision],
+        "train": {"batch_size": cell.batch_size, "max_steps": 2 * cell.steps, "precision": PRECISIONS[cell.precision],
                   "cpu": cell.cpu, "seed": cell.seed, "measure_changed": False, "log_every": 10**9,
                   "grad_accum": 1},
     }

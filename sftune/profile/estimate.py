@@ -162,7 +162,7 @@ def estimate_cell(cell: Cell, config=None) -> dict[str, Any]:
     groups = group_of_params(model)
     method = get_method(cfg.method["name"]).from_config(cfg.method)
     batch = meta_batch(config, cell.batch_size // cfg.train.grad_accum, cell.seq_len)
-    ctx = _MetaContext(model, _task(cell.task), cfg, cell.steps, groups, head_prefixes(model), [batch])
+    ctx = _MetaContext(model, _task(cell.task), cfg, cfg.train.max_steps, groups, head_prefixes(model), [batch])
     note = _setup_on_meta(method, ctx)
     for name, p in model.named_parameters():
         try:

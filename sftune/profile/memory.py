@@ -44,6 +44,7 @@ import torch
 
 from sftune.engine.loop import Trainer
 from sftune.profile.common import TIME_PHASES, Cell, build_model, failure, load_config, run_config, synthetic_examples
+from sftune.engine.timing import PhaseTimer
 from sftune.profile.tracking import ProfileTimer, storages
 
 FAIL_ENV = "SFTUNE_MEMPROFILE_FAIL"  # testing hook: "METHOD" or "METHOD@BATCH" makes that cell's child raise
@@ -139,15 +140,21 @@ def preload(config) -> None:
         pass
 
 
-def fix_mmap_threshold(nbytes: int = 16 * 1024) -> bool:
-    """glibc: serve every allocation of at least `nbytes` from its own mapping, returned to the OS when freed.
-    glibc otherwise raises the threshold as large blocks are freed and keeps freed memory in its heap, so the
-    resident peak would include what the allocator retained rather than what was live."""
+RUN_MMAP_THRESHOLD = 32 * 1024 * 1024  # the most glibc's dynamic threshold rises to on 64-bit (timed steps)
+
+
+def fix_mmap_threshold(nbytes: int = 16 * 1024, trim: int | None = None) -> bool:
+    """glibc: serve every allocation of at least `nbytes` from its own mapping, returned to the OS when freed,
+    and trim the heap top beyond `trim` (default `nbytes`). glibc otherwise raises the threshold as large
+    blocks are freed and keeps freed memory in its heap, so the resident peak would include what the allocator
+    retained rather than what was live. The price is time: every large temporary is a fresh mapping whose
+    pages the kernel zeroes, so the timed steps run with the threshold back at its dynamic maximum."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, nbytes)) and bool(libc.mallopt(-1, nbytes))  # M_MMAP_THRESHOLD, M_TRIM_
+        # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
+        return bool(libc.mallopt(-3, nbytes)) and bool(libc.mallopt(-1, trim if trim is not None else nbytes))
     except (OSError, AttributeError):
         return False
 
@@ -240,7 +247,7 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     cfg = run_config(cell)
     config = load_config(cell.model, cell.task, cfg.model.dropout)
-    examples = synthetic_examples(config, cell.batch_size * cell.steps, cell.seq_len, cell.seed)
+    examples = synthetic_examples(config, cell.batch_size * 2 * cell.steps, cell.seq_len, cell.seed)
     preload(config)
     if not cuda:
         if malloc != "default":
@@ -254,13 +261,26 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
     timer = trainer.phases = ProfileTimer(device, trainer)
     trainer.model.train()
     window = {"loss": 0.0, "n": 0, "examples": 0, "t": time.perf_counter()}
+    batches = iter(trainer.train_loader)  # batch_size x 2*steps examples, in order (grad_accum = 1)
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            if trainer._micro_step(next(batches), window):
+                trainer.state.step += 1
+
     t0 = time.perf_counter()
-    for batch in trainer.train_loader:  # batch_size x steps examples: exactly `steps` optimizer steps
-        if trainer._micro_step(batch, window):
-            trainer.state.step += 1
-    seconds = time.perf_counter() - t0
+    run_steps(cell.steps)  # memory: tracked steps, peak and breakdown
     peak = meter.peak()
     parts = timer.breakdown()
+    # Time: as many steps again, as `sftune train` runs them. The tracking's hooks are removed (they run Python
+    # per saved tensor and walk the method's state inside the forward phase) and on CPU glibc's threshold goes
+    # back up to its dynamic maximum, so temporaries come from the heap again instead of fresh zeroed pages.
+    timer.close()
+    if not cuda and malloc != "default":
+        fix_mmap_threshold(RUN_MMAP_THRESHOLD, trim=2 * RUN_MMAP_THRESHOLD)
+    clock = trainer.phases = PhaseTimer(device)
+    run_steps(cell.steps)
+    seconds = time.perf_counter() - t0
     declared = None
     if callable(getattr(trainer.method, "state_bytes", None)):
         try:
@@ -268,7 +288,7 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
         except TypeError:
             declared = trainer.method.state_bytes()
         declared = {k: int(v) for k, v in declared.items()}
-    medians = timer.medians(skip=1)
+    medians = clock.medians(skip=1)
     times = {p: medians.get(p, 0.0) for p in TIME_PHASES}
     times["total"] = sum(times.values())
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -287,7 +307,8 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
         "method_state_detail": dict(timer.method_detail),
         "declared_state_bytes": declared,
         "time": times,
-        "steps": trainer.state.step,
+        "steps": cell.steps,  # tracked steps; as many timed steps followed them
+        "timed_steps": len(clock.seconds.get("forward", ())),
         "wall_seconds": seconds,
         "params": sum(p.numel() for p in model.parameters()),
         "trainable": trainable,

@@ -102,9 +102,8 @@ class ProfileTimer(PhaseTimer):
         self._grads: set[int] = set()  # ids of parameters whose gradient exists
         self._step_open = False
         self._after_backward = False
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(self._grad_ready)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_ready)
+                       for p in trainer.model.parameters() if p.requires_grad]
         # Built, no step taken: the runtime part until the first step samples it again.
         self._sample_optimizer()
         self._sample_method()
@@ -210,6 +209,13 @@ class ProfileTimer(PhaseTimer):
         self._grads.clear()
         self._step_open = False
         self._after_backward = False
+
+    def close(self) -> None:
+        """Stop following tensors: remove the gradient hooks (the saved-tensor hooks live only while a phase
+        of this timer is open)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def breakdown(self) -> dict[str, Any]:
         return {"at_peak": dict(self.at_peak), "max": {"weights": self.weights, **self.max}}
