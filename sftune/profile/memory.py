@@ -15,8 +15,10 @@ In the child, in order:
 2. `Trainer.build()` itself, fed synthetic examples and a config-built or loaded model (`ProfileTrainer`),
    then `steps` optimizer steps through `Trainer._micro_step`, with `trainer.phases` a `ProfileTimer`
    (`tracking.py`): the PhaseTimer split, plus the tensors the step holds, event by event.
-3. Peak = high-water mark - baseline over the whole cell, setup included (CPU: VmHWM, or ru_maxrss where
-   /proc cannot reset it; CUDA: max_memory_allocated, with max_memory_reserved beside it).
+3. Peak = high-water mark - baseline over the whole cell up to here, setup included (CPU: VmHWM, or
+   ru_maxrss where /proc cannot reset it; CUDA: max_memory_allocated, with max_memory_reserved beside it).
+4. Time: `steps` more optimizer steps with a plain PhaseTimer, the tracking's hooks removed and (CPU) glibc's
+   mmap threshold back at its dynamic maximum, so the step times are those of `sftune train`.
 
 The breakdown is the parts at the moment their sum was largest, all measured (bytes = storage sizes, each
 storage once): weights (parameters and buffers), gradients (as backward creates them), optimizer state

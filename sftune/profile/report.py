@@ -2,7 +2,7 @@
 
 Table 1 mirrors appendix F of the DPS paper: rows are batch sizes, columns methods, each cell the peak and
 its overhead over vanilla fine-tuning (`full`) at the same batch size. Table 2 splits the step time
-(medians over the steps after the first). Table 3 is the breakdown of each peak.
+(medians over the untracked, timed steps after the first). Table 3 is the breakdown of each peak.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def peak_table(report: dict, notes: list[str]) -> Table:
 
 
 def time_table(report: dict) -> Table:
-    table = Table(title="Step time, seconds (median of the steps after the first)", title_justify="left")
+    table = Table(title="Step time, seconds (median of the timed steps after the first)", title_justify="left")
     for col in ("batch size", "method", *[TIME_PHASES[p] for p in TIME_PHASES], "total", "vs full", STEP_COL):
         table.add_column(col, justify="left" if col == "method" else "right")
     for c in _ok_cells(report):
