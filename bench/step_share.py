@@ -46,22 +46,26 @@ def build_model_dir(shape: str, glue: Path, out: Path) -> Path:
     return out
 
 
-def run_method(model_dir: Path, glue: Path, method: str, mode: str, steps: int, device: str) -> dict:
-    import torch
-
-    from sftune.config import build
-    from sftune.engine.loop import Trainer
-    from sftune.engine.timing import PhaseTimer
-
+def train_tree(model_dir: Path, glue: Path, method: str, mode: str, steps: int, batch_size: int,
+               device: str) -> dict:
+    """The run configuration the step benchmarks time: real RTE rows, batch x 128 tokens, `steps` steps."""
     tree = {"model": {"name": str(model_dir)}, "task": "rte", "method": {"name": method, "mask_mode": mode},
-            "data": {"data_dir": str(glue), "train_size": 16 * (steps + 1), "max_length": 128},
-            "train": {"max_steps": steps, "batch_size": 16, "log_every": 10_000, "measure_changed": False,
+            "data": {"data_dir": str(glue), "train_size": batch_size * (steps + 1), "max_length": 128},
+            "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 10**9, "measure_changed": False,
                       "cpu": device == "cpu"}}
     if method == "child-tuning-d":
         tree["method"]["fisher_batches"] = 2
     if method.startswith("dps"):
         tree["method"]["ur"] = 0.25  # stage changes inside the few timed steps
-    trainer = Trainer(build(tree))
+    return tree
+
+
+def run_method(model_dir: Path, glue: Path, method: str, mode: str, steps: int, device: str) -> dict:
+    from sftune.config import build
+    from sftune.engine.loop import Trainer
+    from sftune.engine.timing import PhaseTimer
+
+    trainer = Trainer(build(train_tree(model_dir, glue, method, mode, steps, 16, device)))
     trainer.build()
     trainer.phases = PhaseTimer(trainer.accelerator.device)
     trainer.eval_loaders = {}  # time training only

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from step_share import METHODS, SHAPES, build_model_dir  # noqa: E402
+from step_share import METHODS, SHAPES, build_model_dir, train_tree  # noqa: E402
 
 STEP_PHASES = ("forward", "extra_loss", "backward", "selection", "optimizer")  # the step without "hooks"
 
@@ -41,14 +41,7 @@ def make_trainer(model_dir: Path, glue: Path, method: str, mode: str, steps: int
     from sftune.engine.loop import Trainer
     from sftune.engine.timing import PhaseTimer
 
-    tree = {"model": {"name": str(model_dir)}, "task": "rte", "method": {"name": method, "mask_mode": mode},
-            "data": {"data_dir": str(glue), "train_size": batch_size * steps, "max_length": 128},
-            "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 10**9, "measure_changed": False,
-                      "cpu": device == "cpu"}}
-    if method == "child-tuning-d":
-        tree["method"]["fisher_batches"] = 2
-    if method.startswith("dps"):
-        tree["method"]["ur"] = 0.25  # stage changes inside the timed steps
+    tree = train_tree(model_dir, glue, method, mode, steps, batch_size, device)
     trainer = Trainer(build(tree))
     trainer.build()
     trainer.phases = PhaseTimer(trainer.accelerator.device)
@@ -92,13 +85,11 @@ def _toggle(trainer):
 
     m = trainer.method
     if hasattr(m, "means"):
-        modules = {n.rsplit(".", 1)[0] for n, kind in m.kinds.items()
-                   if n in m.candidates and kind in ("linear_weight", "ln_weight")}
-        signed = m.options.signed_mu
+        hooks = m.means  # re-registered alike: same modules, same signed/unsigned mean
 
         def on():
             if m.means is None:
-                m.means = InputMeans(trainer.model, modules, signed=signed)
+                m.means = InputMeans(trainer.model, hooks.module_names, signed=hooks.signed)
 
         def off():
             if m.means is not None:
@@ -144,6 +135,12 @@ def forward_ab(model_dir: Path, glue: Path, method: str, batch_size: int, reps: 
     return rows
 
 
+def write_json(doc: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(doc, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
@@ -173,9 +170,7 @@ def main() -> None:
                "torch_threads": torch.get_num_threads(),
                "design": "one model; forward+backward of one batch with the addition on/off alternating (ABBA); "
                          "medians; control = on again after each pair", "rows": rows}
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(doc, indent=2))
+        write_json(doc, args.json)
         return
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
@@ -196,9 +191,7 @@ def main() -> None:
            "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads(),
            "design": "full and method trainers alternate steps (ABBA) in one process; medians after step 1",
            "rows": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2))
+    write_json(doc, args.json)
 
 
 if __name__ == "__main__":

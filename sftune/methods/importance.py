@@ -25,6 +25,7 @@ class InputMeans:
 
     def __init__(self, model: nn.Module, module_names: set[str], signed: bool = False):
         self.signed = signed
+        self.module_names = set(module_names)
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
         self.attention_mask: torch.Tensor | None = None
