@@ -78,6 +78,10 @@ class TrainConfig:
                                "and stop on divergence.")
     mask_hash_log: str | None = option(None, "Directory where every rank appends its per-step mask hashes "
                                        "(rank<N>.jsonl), to debug divergence.")
+    flat_grads: str = option("auto", "Keep the sparse methods' candidate gradients in one flat buffer so a step's "
+                             "selection is a few kernels for the whole model: auto (on CUDA in single-process "
+                             "runs), on, off. Same results; costs up to the candidates' gradient bytes of peak "
+                             "memory.", choices=("auto", "on", "off"))
     measure_changed: bool = option(True, "On logged steps, count the entries the step really changed "
                                    "(costs a transient copy of the trainable weights on those steps).")
 

@@ -53,8 +53,12 @@ class MaskCheck:
             rows.append(cached[2])
         return names, (torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.int64))
 
+    @property
+    def active(self) -> bool:
+        return bool(self.enabled or self.log)
+
     def check(self, step: int, masks: dict[str, torch.Tensor] | None) -> None:
-        if masks is None or not (self.enabled or self.log):
+        if masks is None or not self.active:
             return
         names, local = self.step_hash(masks)
         if self.log:

@@ -273,7 +273,8 @@ class Trainer:
                 acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
                 for plugin in self.plugins:
                     plugin.after_backward(step)
-                self.mask_check.check(step, getattr(self.method, "masks", None))
+                if self.mask_check.active:  # per-parameter masks are derived on demand: only if checked
+                    self.mask_check.check(step, getattr(self.method, "masks", None))
             measure = self.cfg.train.measure_changed and self._is_log_step(step)
             if measure:
                 self.meter.take_snapshot()

@@ -16,7 +16,6 @@ from torch import nn
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.masking import MaskedMethod
-from sftune.select import split_sorted
 
 
 @dataclass
@@ -44,6 +43,7 @@ def candidate_modules(model: nn.Module) -> dict[str, str]:
 
 class BudgetMethod(MaskedMethod):
     Options = BudgetOptions
+    flat_capable = True  # select() returns FlatIndices
 
     def setup(self, ctx) -> None:
         self.kinds = candidate_modules(ctx.model)
@@ -72,17 +72,6 @@ class BudgetMethod(MaskedMethod):
     def trainable(self, name, param):
         # The budget is the whole sparse update: only candidates (and the dense head) train.
         return self.ctx.groups[name] == "head" or self.candidate(name, param)
-
-    def split(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Global indices into the concatenated candidates -> per-parameter flat indices (one host sync)."""
-        if not hasattr(self, "_bounds"):
-            sizes = torch.tensor([p.numel() for p in self.candidates.values()])
-            starts = torch.cumsum(sizes, 0) - sizes
-            self._starts = starts.tolist()
-            device = next(iter(self.candidates.values())).device
-            self._bounds = torch.cat([starts, sizes.sum().view(1)]).to(device)
-        return split_sorted(torch.sort(flat_indices.reshape(-1)).values, list(self.candidates), self._starts,
-                            self._bounds)
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}

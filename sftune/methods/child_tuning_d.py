@@ -8,9 +8,9 @@ import torch
 
 from sftune.config import option
 from sftune.errors import UsageError
-from sftune.methods.masking import MaskedMethod
+from sftune.methods.masking import FlatMask, MaskedMethod
 from sftune.registry import register
-from sftune.select import global_threshold_mask, pack_bits, unpack_bits
+from sftune.select import FlatBuffer, global_threshold_mask, pack_bits, unpack_bits
 
 
 @dataclass
@@ -31,6 +31,7 @@ class ChildTuningD(MaskedMethod):
                "candidate scores (NumPy percentile, linear interpolation, computed on the device); M = F >= tau. "
                "The mask is kept as bool (1 B per candidate entry) and saved bit-packed in checkpoints.")
     Options = ChildTuningDOptions
+    flat_capable = True  # select() returns a FlatMask
 
     def candidate(self, name, param) -> bool:
         return "layer" in name and self.ctx.groups[name] != "head"
@@ -87,18 +88,22 @@ class ChildTuningD(MaskedMethod):
         for n in names:
             fisher[n].div_(max(n_batches, 1))
         masks = global_threshold_mask([fisher[n] for n in names], self.options.p)
-        self.fixed = dict(zip(names, masks))
+        # One bool buffer over the candidates (1 B per entry): with flat gradients the mask is one multiply.
+        self.mask = FlatBuffer({n: p.shape for n, p in self.candidates.items()}, torch.bool, device, fill=None)
+        for n, m in zip(names, masks):
+            self.mask.views[n].copy_(m)
+        self.fixed = self.mask.views
         self.fisher_batches_used = n_batches
 
     def select(self, step):
-        return self.fixed  # the same tensors every step: fixed for the run
+        return FlatMask(self.mask)  # the same buffer every step: fixed for the run
 
     def state_dict(self):
         return {"packed": {n: pack_bits(m) for n, m in self.fixed.items()}}
 
     def load_state_dict(self, state):
-        self.fixed = {n: unpack_bits(packed, self.candidates[n].numel(), self.candidates[n].shape)
-                      for n, packed in state["packed"].items()}
+        for n, packed in state["packed"].items():
+            self.mask.views[n].copy_(unpack_bits(packed, self.candidates[n].numel(), self.candidates[n].shape))
 
     def state_bytes(self) -> dict[str, int]:
-        return {"mask": sum(t.numel() for t in self.fixed.values())}
+        return {"mask": self.mask.numel}

@@ -8,9 +8,9 @@ import torch
 
 from sftune.config import option
 from sftune.errors import UsageError
-from sftune.methods.masking import MaskedMethod
+from sftune.methods.masking import FlatMask, MaskedMethod
 from sftune.registry import register
-from sftune.select import bernoulli_mask_
+from sftune.select import FlatBuffer, bernoulli_dropout_
 
 
 @dataclass
@@ -23,28 +23,37 @@ class ChildTuningF(MaskedMethod):
     name = "child-tuning-f"
     summary = "Child-Tuning F: every step each gradient entry is kept with probability p and rescaled by 1/p."
     details = ("Xu et al. 2021 (PKUnlp-icler/ChildTuning). M ~ Bernoulli(p) element-wise per step for every "
-               "parameter outside the head (the head trains densely: methods.md section 0), g <- g * M / p. "
+               "parameter outside the head (the head trains densely: methods.md section 0), g <- g * M * (1/p) (the "
+               "reference multiplies by M / p, i.e. by the float 1/p, too). "
                "In update mode the same rescaled gradient drives an update of the kept entries only. "
                "Bernoulli draws use 16-bit random words (probability resolution 2^-16).")
     Options = ChildTuningFOptions
+
+    flat_capable = True  # select() returns a FlatMask, already applied
 
     def setup(self, ctx) -> None:
         if not 0 < self.options.p <= 1:
             raise UsageError(f"method child-tuning-f: p={self.options.p} must be in (0, 1] (the share kept).")
         super().setup(ctx)
         self.generator = ctx.generator(self.name)
-        # One bool buffer per parameter (1 B/entry), refilled in place every step.
-        self.buffers = {n: torch.empty(p.shape, dtype=torch.bool, device=p.device) for n, p in self.candidates.items()}
+        # One bool mask over all candidates (1 B/entry), redrawn in place every step.
+        device = next(iter(self.candidates.values())).device
+        self.mask = FlatBuffer({n: p.shape for n, p in self.candidates.items()}, torch.bool, device, fill=None)
 
     def candidate(self, name, param) -> bool:
         return self.ctx.groups[name] != "head"
 
     def select(self, step):
-        for name, p in self.candidates.items():
-            if p.grad is not None:
-                bernoulli_mask_(self.buffers[name], self.options.p, self.generator)
-                p.grad.div_(self.options.p)  # the 1/p rescale of the kept entries (dropped ones are zeroed)
-        return {n: b for n, b in self.buffers.items() if self.candidates[n].grad is not None}
+        # The mask is drawn over the candidates laid end to end and applied while each chunk is in cache, to
+        # the flat gradient buffer or to the parameters' own gradients: the same draws either way.
+        flat = self.flat_grad()
+        if flat is not None:
+            targets = [(0, flat)]
+        else:
+            targets = [(self.mask.offsets[n], p.grad.view(-1)) for n, p in self.candidates.items()
+                       if p.grad is not None]
+        bernoulli_dropout_(self.mask.data, self.options.p, self.generator, targets, scale=1.0 / self.options.p)
+        return FlatMask(self.mask, applied=True)
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}

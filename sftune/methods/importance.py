@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftune.select import BlockWeights, split_sorted
+from sftune.select import BlockWeights
 from sftune.select.sampling import _level_sums  # the sampler's own block sums, so both sides agree bitwise
 
 
@@ -30,6 +30,7 @@ class InputMeans:
         self.counts: dict[str, torch.Tensor] = {}
         self.attention_mask: torch.Tensor | None = None
         self._last: tuple | None = None  # (weak ref to the last input, its version and kind, sum, count)
+        self._repeats: dict[tuple[int, ...], torch.Tensor] = {}  # pop_all's per-module sizes, on the device
         self.handles = [model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
         for name, module in model.named_modules():
             if name in module_names:
@@ -93,6 +94,23 @@ class InputMeans:
         out = self.sums.pop(name) / self.counts.pop(name).clamp_min(1)
         return out.abs() if not self.signed else out
 
+    def pop_all(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """`pop` for many modules at once, in a handful of kernels instead of a few per module (on a GPU each
+        is a launch); bitwise the same values. Modules that did not run are left out."""
+        present = [n for n in names if n in self.sums]
+        if not present:
+            return {}
+        sizes = [self.sums[n].numel() for n in present]
+        sums = torch.cat([self.sums.pop(n) for n in present])
+        counts = torch.stack([self.counts.pop(n).reshape(()) for n in present]).clamp_min(1)
+        key = tuple(sizes)
+        repeats = self._repeats.get(key)
+        if repeats is None:  # cached: a fresh host-to-device copy every step would cost a transfer each time
+            repeats = self._repeats[key] = torch.tensor(sizes, device=sums.device)
+        out = sums / torch.repeat_interleave(counts, repeats, output_size=sums.numel())
+        out = out.abs() if not self.signed else out
+        return dict(zip(present, out.split(sizes)))
+
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
@@ -120,22 +138,17 @@ class ImportanceWeights(BlockWeights):
     scores at a time.
 
     Layout: the candidates in order, each padded with zeros to a multiple of `block` entries, so a block
-    never straddles two parameters. `split` maps indices of this layout back to per-parameter flat indices.
+    never straddles two parameters (`PaddedLayout`; `unpad` maps its indices to the flat gradient layout).
     The values are bitwise those `squared_importance_` writes (same operations in the same order).
     """
 
     def __init__(self, params: dict[str, torch.Tensor], kinds: dict[str, str], mus: dict[str, torch.Tensor | None],
-                 block: int = 32):
+                 layout: PaddedLayout):
         self.names = list(params)
-        self.params, self.kinds, self.mus, self.block = params, kinds, mus, block
-        sizes = [params[n].numel() for n in self.names]
-        self.padded = [-(-s // block) * block for s in sizes]
-        self.starts = [0]
-        for p in self.padded[:-1]:
-            self.starts.append(self.starts[-1] + p)
-        self.numel = sum(self.padded)
+        self.params, self.kinds, self.mus, self.layout = params, kinds, mus, layout
+        self.block, self.padded, self.starts, self.numel = layout.block, layout.padded, layout.starts, layout.numel
         self.device = params[self.names[0]].device
-        self.row_starts = torch.tensor([s // block for s in self.starts], device=self.device)
+        self.row_starts = torch.tensor([s // self.block for s in self.starts], device=self.device)
         self._sums: torch.Tensor | None = None
 
     def _scores(self, name: str, out: torch.Tensor) -> torch.Tensor:
@@ -153,12 +166,17 @@ class ImportanceWeights(BlockWeights):
         return self._sums
 
     def _compute_sums(self, B: int) -> torch.Tensor:
-        scratch = torch.empty(max(p.numel() for p in self.params.values()), dtype=torch.float32,
-                              device=self.device)
-        sums = torch.cat([_level_sums(self._scores(name, scratch[:self.params[name].numel()]), B)
-                          for name in self.names])
+        # Each parameter's scores zero-padded to whole blocks, summed as full rows of B: the same reduction a
+        # padded flat tensor of the scores gets (`_level_sums`), so both give bitwise the same sums.
+        scratch = torch.empty(max(self.padded), dtype=torch.float32, device=self.device)
+        sums = []
+        for name, padded in zip(self.names, self.padded):
+            numel = self.params[name].numel()
+            self._scores(name, scratch[:numel])
+            scratch[numel:padded].zero_()
+            sums.append(_level_sums(scratch[:padded], B))
         del scratch
-        return sums
+        return torch.cat(sums)
 
     def count_positive(self, at_least: int) -> int:
         """The number of entries with I^2 > 0 if it is below `at_least`, else some number >= `at_least`: a
@@ -220,13 +238,36 @@ class ImportanceWeights(BlockWeights):
         return out
 
     def padding(self) -> torch.Tensor:
-        """Bool vector over the layout: True on the zero padding between parameters."""
-        pad = torch.ones(self.numel, dtype=torch.bool, device=self.device)
-        for name, start in zip(self.names, self.starts):
-            pad[start:start + self.params[name].numel()] = False
-        return pad
+        return self.layout.padding()
 
-    def split(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Indices of this layout -> per-parameter flat indices, ascending (one host sync)."""
-        bounds = torch.tensor([*self.starts, self.numel], device=idx.device)
-        return split_sorted(torch.sort(idx.reshape(-1)).values, self.names, self.starts, bounds)
+    def unpad(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.layout.unpad(idx)
+
+
+class PaddedLayout:
+    """Parameters laid end to end, each zero-padded to a multiple of `block` entries so that no block of the
+    sampler straddles two of them. `unpad` maps indices of this layout to the packed layout (the candidates
+    end to end without padding: the flat gradient layout); the map is increasing, so order is kept."""
+
+    def __init__(self, sizes: list[int], block: int, device):
+        self.sizes, self.block = sizes, block
+        self.padded = [-(-s // block) * block for s in sizes]
+        self.starts, shifts, start, packed = [], [], 0, 0
+        for size, padded in zip(sizes, self.padded):
+            self.starts.append(start)
+            shifts.append(start - packed)
+            start, packed = start + padded, packed + size
+        self.numel = sum(self.padded)
+        self._starts = torch.tensor(self.starts, device=device)
+        self._shifts = torch.tensor(shifts, device=device)
+
+    def unpad(self, idx: torch.Tensor) -> torch.Tensor:
+        owner = torch.searchsorted(self._starts, idx, right=True) - 1
+        return idx - self._shifts[owner]
+
+    def padding(self) -> torch.Tensor:
+        """Bool vector over the layout: True on the zero padding between parameters."""
+        pad = torch.ones(self.numel, dtype=torch.bool, device=self._starts.device)
+        for start, size in zip(self.starts, self.sizes):
+            pad[start:start + size] = False
+        return pad

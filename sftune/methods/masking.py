@@ -4,9 +4,14 @@ applied in each mask mode, and what is counted.
 A subclass implements
 
     candidate(name, param) -> bool     entries of these parameters are selected; the rest train densely
-    select(step) -> dict[name, mask]   this step's masks: a bool tensor shaped like the parameter, or a 1-D
-                                       int64 tensor of flat indices. A candidate missing from the dict
-                                       trains densely this step (DPS Stage I).
+    select(step) -> selection          this step's masks, in one of three forms:
+        dict[name, mask]               per parameter: a bool tensor shaped like it, or a 1-D int64 tensor of
+                                       its flat indices; a candidate missing from the dict trains densely
+                                       this step (DPS Stage I)
+        FlatIndices(indices)           ascending int64 indices into the candidates laid end to end, in
+                                       candidate order (Random, Top, Stochastic Tuning)
+        FlatMask(buffer)               a bool FlatBuffer over the same layout (Child-Tuning), `applied=True`
+                                       if select() already multiplied the gradients by it
 
 and this base class applies them (methods.md section 0):
 
@@ -15,6 +20,11 @@ and this base class applies them (methods.md section 0):
 * `update` mode (exact): the masks go to `MaskedAdamW`, which updates only selected entries (their moments,
   bias correction and weight decay only), so exactly the selected entries change. The gradient is masked
   too, so clipping sees the same norm as in grad mode.
+
+A flat selection is applied to the flat gradient buffer (`flat_grads.py`) when the method declares
+`flat_capable` and the run uses one: a few kernels for the whole model instead of a few per parameter.
+Otherwise it is split per parameter. `masks` (per parameter) is derived on demand: the counts on logged
+steps, update mode and the multi-process mask check read it.
 """
 
 from __future__ import annotations
@@ -24,13 +34,40 @@ from typing import Any
 import torch
 
 from sftune.methods.base import Method, RunContext
+from sftune.methods.flat_grads import FlatGrads, wanted
+from sftune.select import FlatBuffer, split_sorted
+
+
+class FlatIndices:
+    """Selected entries as ascending indices into the candidates laid end to end (candidate order)."""
+
+    def __init__(self, indices: torch.Tensor):
+        self.indices = indices
+
+    def apply_(self, flat_grad: torch.Tensor) -> None:
+        kept = flat_grad.index_select(0, self.indices)
+        flat_grad.zero_()
+        flat_grad.index_copy_(0, self.indices, kept)
+
+
+class FlatMask:
+    """Selected entries as a bool FlatBuffer over the candidates (views per parameter)."""
+
+    def __init__(self, buffer: FlatBuffer, applied: bool = False):
+        self.buffer, self.applied = buffer, applied
+
+    def apply_(self, flat_grad: torch.Tensor) -> None:
+        if not self.applied:
+            flat_grad.mul_(self.buffer.data)
 
 
 class MaskedMethod(Method):
+    flat_capable = False  # select() returns FlatIndices / FlatMask, which the flat gradient buffer can take
+
     def candidate(self, name: str, param: torch.nn.Parameter) -> bool:
         raise NotImplementedError
 
-    def select(self, step: int) -> dict[str, torch.Tensor]:
+    def select(self, step: int) -> dict[str, torch.Tensor] | FlatIndices | FlatMask:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- hooks
@@ -38,8 +75,13 @@ class MaskedMethod(Method):
         super().setup(ctx)
         self.params = {n: p for n, p in ctx.model.named_parameters()}
         self.candidates = {n: p for n, p in self.params.items() if self.candidate(n, p)}
-        self.masks: dict[str, torch.Tensor] = {}
+        self._masks: dict[str, torch.Tensor] | None = {}
+        self._selection = None
         self.optimizer = None
+        setting = getattr(ctx.config.train, "flat_grads", "off")
+        use = (self.flat_capable and self.candidates and FlatGrads.supported(self.candidates)
+               and wanted(setting, next(iter(self.candidates.values())).device, ctx.accelerator.num_processes))
+        self.flat_grads = FlatGrads(self.candidates) if use else None
 
     def on_optimizer(self, optimizer) -> None:
         if self.mask_mode == "update":
@@ -47,27 +89,78 @@ class MaskedMethod(Method):
                 raise RuntimeError("update mode needs sftune.optim.MaskedAdamW")
             self.optimizer = optimizer
 
+    def before_forward(self, step: int) -> None:
+        if self.flat_grads is not None:
+            self.flat_grads.attach()
+
     def after_backward(self, step: int) -> None:
-        self.masks = self.select(step)
+        fg = self.flat_grads
+        if fg is not None and fg.buffer is None:
+            fg.build()  # the first step ran with ordinary gradients: it showed which candidates get one
+        self.set_selection(self.select(step))
         # Both modes zero the gradient outside the mask before clipping, so the clipping norm is the
         # reference's (the norm of the masked gradient).
-        for name, mask in self.masks.items():
-            grad = self.candidates[name].grad
-            if grad is not None:
-                apply_mask_(grad, mask)
+        sel = self._selection
+        if isinstance(sel, (FlatIndices, FlatMask)) and self.flat_grad() is not None:
+            sel.apply_(self.flat_grad())
+        elif not (isinstance(sel, FlatMask) and sel.applied):
+            for name, mask in self.masks.items():
+                grad = self.candidates[name].grad
+                if grad is not None:
+                    apply_mask_(grad, mask)
         if self.mask_mode == "update":
             for name, p in self.candidates.items():
                 if p.requires_grad:
                     self.optimizer.set_mask(p, self.masks.get(name))
 
+    def flat_grad(self) -> torch.Tensor | None:
+        """The candidates' gradients as one flat tensor, if this step's gradients are the flat buffer's views."""
+        fg = self.flat_grads
+        return fg.data if fg is not None and fg.holds_grads() else None
+
+    # ------------------------------------------------------------------------------------------- masks
+    def set_selection(self, selection) -> None:
+        self._selection = selection
+        self._masks = selection if isinstance(selection, dict) else None
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """This step's masks per parameter (split from a flat selection on first use)."""
+        if self._masks is None:
+            self._masks = self.masks_of(self._selection)
+        return self._masks
+
+    def masks_of(self, selection) -> dict[str, torch.Tensor]:
+        """Any form of selection as masks per parameter (bool tensors or flat indices)."""
+        if isinstance(selection, FlatIndices):
+            return self.split(selection.indices)
+        if isinstance(selection, FlatMask):
+            return dict(selection.buffer.views)
+        return selection
+
+    @masks.setter
+    def masks(self, masks: dict[str, torch.Tensor]) -> None:
+        self.set_selection(masks)
+
+    def split(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Ascending indices into the concatenated candidates -> per-parameter flat indices (one host sync)."""
+        if not hasattr(self, "_bounds"):
+            sizes = torch.tensor([p.numel() for p in self.candidates.values()])
+            starts = torch.cumsum(sizes, 0) - sizes
+            self._starts = starts.tolist()
+            device = next(iter(self.candidates.values())).device
+            self._bounds = torch.cat([starts, sizes.sum().view(1)]).to(device)
+        return split_sorted(flat_indices.reshape(-1), list(self.candidates), self._starts, self._bounds)
+
     # ------------------------------------------------------------------------------------------ counts
     def selected_counts(self) -> dict[str, torch.Tensor | int]:
         """Entries selected in the last step, per parameter (on the device; summed by the caller)."""
         out: dict[str, Any] = {}
+        masks = self.masks
         for name, p in self.params.items():
             if not p.requires_grad:
                 continue
-            mask = self.masks.get(name) if name in self.candidates else None
+            mask = masks.get(name) if name in self.candidates else None
             if mask is None:
                 out[name] = p.numel()
             elif mask.dtype == torch.bool:
@@ -80,7 +173,9 @@ class MaskedMethod(Method):
 def apply_mask_(grad: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero the gradient outside the mask, in place."""
     if mask.dtype == torch.bool:
-        grad.mul_(mask.to(grad.dtype))  # a float multiply is much faster than the bool-tensor path
+        # In place by the bool tensor: no float copy of the mask (measured ~12% faster than multiplying by
+        # mask.to(grad.dtype) on this CPU, and it reads 1 B per entry instead of writing and reading 4).
+        grad.mul_(mask)
         return
     flat = grad.view(-1)
     kept = flat.index_select(0, mask)

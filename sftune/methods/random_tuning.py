@@ -1,6 +1,7 @@
 """random: Random Tuning, k entries drawn uniformly every step (methods.md section 1)."""
 
 from sftune.methods.budget import BudgetMethod
+from sftune.methods.masking import FlatIndices
 from sftune.registry import register
 from sftune.select import uniform_sample_without_replacement
 
@@ -16,4 +17,4 @@ class RandomTuning(BudgetMethod):
     def select(self, step):
         n = sum(p.numel() for p in self.candidates.values())
         device = next(iter(self.candidates.values())).device
-        return self.split(uniform_sample_without_replacement(n, self.k, self.generator, device=device))
+        return FlatIndices(uniform_sample_without_replacement(n, self.k, self.generator, device=device))

@@ -8,8 +8,7 @@ import torch
 
 from sftune.config import option
 from sftune.methods.budget import BudgetMethod, BudgetOptions
-from sftune.methods.importance import ImportanceWeights, InputMeans, squared_importance_
-from sftune.select import FlatBuffer
+from sftune.methods.importance import ImportanceWeights, InputMeans, PaddedLayout, squared_importance_
 
 
 @dataclass
@@ -19,37 +18,63 @@ class ScoredOptions(BudgetOptions):
 
 class ScoredMethod(BudgetMethod):
     Options = ScoredOptions
-    flat_scores = True  # keep a float32 buffer of every candidate's I^2 (Top's top-k reads it whole)
+    # Top reads the scores whole (a float32 buffer of every candidate's I^2, 4 B per entry). Stochastic keeps
+    # one only with flat gradients (where per-parameter work is what costs); otherwise its sampler reads the
+    # scores block by block (ImportanceWeights) and no n-sized buffer exists.
+    flat_scores = True
+    score_block = 1  # each parameter's scores padded to a multiple of this (the sampler's block for stochastic)
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
         modules = {n.rsplit(".", 1)[0] for n, kind in self.kinds.items()
                    if n in self.candidates and kind in ("linear_weight", "ln_weight")}
         self.means = InputMeans(ctx.model, modules, signed=self.options.signed_mu)
-        if self.flat_scores:
-            # One preallocated buffer of I^2 for all candidates (4 B per candidate entry), reused every step:
-            # no n-sized allocation in the step loop.
-            device = next(iter(self.candidates.values())).device
-            self.flat = FlatBuffer({n: p.shape for n, p in self.candidates.items()}, torch.float32, device)
+        device = next(iter(self.candidates.values())).device
+        self.layout = PaddedLayout([p.numel() for p in self.candidates.values()], self.score_block, device)
+        self.flat = None
+        if self.flat_scores or self.flat_grads is not None:
+            # Preallocated and reused every step: no n-sized allocation in the step loop. Padding stays zero.
+            self.flat = torch.zeros(self.layout.numel, dtype=torch.float32, device=device)
+            self.views = {n: self.flat[s:s + p.numel()].view(p.shape)
+                          for (n, p), s in zip(self.candidates.items(), self.layout.starts)}
 
     def _means(self) -> dict[str, torch.Tensor | None]:
         """This step's mu per candidate that has one (Linear and LayerNorm weights), reduced across ranks."""
         self.means.all_reduce(self.ctx.accelerator)
-        return {name: self.means.pop(name.rsplit(".", 1)[0]) for name in self.candidates
-                if self.kinds[name] in ("linear_weight", "ln_weight")}
+        owners = {name: name.rsplit(".", 1)[0] for name in self.candidates
+                  if self.kinds[name] in ("linear_weight", "ln_weight")}
+        means = self.means.pop_all(list(dict.fromkeys(owners.values())))
+        return {name: means.get(module) for name, module in owners.items()}
 
     def importance(self) -> ImportanceWeights:
         """I^2 of every candidate entry as block-wise weights for the exact sampler (no n-sized buffer)."""
-        return ImportanceWeights(self.candidates, self.kinds, self._means())
+        return ImportanceWeights(self.candidates, self.kinds, self._means(), self.layout)
 
     def scores(self) -> torch.Tensor:
-        """I^2 of every candidate entry, flat, in candidate order."""
+        """I^2 of every candidate entry, flat, in candidate order (each padded to `score_block` entries)."""
         mus = self._means()
+        if self.flat_grad() is not None:
+            return self._scores_foreach(mus)
         for name, p in self.candidates.items():
             kind, mu = self.kinds[name], mus.get(name)
-            view = self.flat.views[name]
+            view = self.views[name]
             if p.grad is None:
                 view.zero_()
             else:
                 squared_importance_(view, kind, p, p.grad, mu)
-        return self.flat.data
+        return self.flat
+
+    def _scores_foreach(self, mus: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """The same scores with multi-tensor kernels (the gradients are the flat buffer's views): the same
+        operations in the same order as `squared_importance_`, so bitwise the same values. A candidate that
+        gets no gradient has a zero gradient view here, hence a zero score, as in the loop above."""
+        names = list(self.candidates)
+        views = [self.views[n] for n in names]
+        grads = [self.flat_grads.buffer.views[n] for n in names]
+        torch._foreach_copy_(views, [p.detach() for p in self.candidates.values()])
+        torch._foreach_mul_(views, grads)
+        scaled = [(self.views[n], mu.to(torch.float32) if self.kinds[n] == "ln_weight" else mu.to(torch.float32).unsqueeze(0))
+                  for n, mu in mus.items() if mu is not None]
+        if scaled:
+            torch._foreach_mul_([v for v, _ in scaled], [m for _, m in scaled])
+        return self.flat.square_()

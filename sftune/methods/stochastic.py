@@ -2,9 +2,11 @@
 
 import torch
 
+from sftune.methods.masking import FlatIndices
 from sftune.methods.scored import ScoredMethod
 from sftune.registry import register
 from sftune.select import uniform_sample_without_replacement, weighted_sample_without_replacement
+from sftune.select.sampling import _BLOCK
 
 
 @register
@@ -18,18 +20,27 @@ class StochasticTuning(ScoredMethod):
                "mean). If fewer than k entries have non-zero importance, all of them are taken and the rest "
                "drawn uniformly among the others (sftune choice).")
 
-    flat_scores = False  # the sampler reads I^2 block by block (ImportanceWeights): no 4 B/candidate buffer
+    # The sampler reads I^2 block by block (ImportanceWeights): no 4 B/candidate buffer, unless the run keeps
+    # flat gradients (then one buffer, in the same padded layout, so the samples are the same).
+    flat_scores = False
+    score_block = _BLOCK
 
     def select(self, step):
-        weights = self.importance()
-        positive = weights.count_positive(at_least=self.k)  # runs the sampler's one pass over n (block sums)
+        if self.flat_grad() is not None:
+            weights = self.scores()  # a tensor in the padded layout, bitwise ImportanceWeights' values
+            positive = int(torch.count_nonzero(weights))
+        else:
+            weights = self.importance()
+            positive = weights.count_positive(at_least=self.k)  # runs the sampler's one pass over n (block sums)
         if positive >= self.k:
-            return weights.split(weighted_sample_without_replacement(weights, self.k, self.generator))
+            chosen = weighted_sample_without_replacement(weights, self.k, self.generator)
+            return FlatIndices(self.layout.unpad(chosen))
         # Not enough non-zero importance (e.g. zero-initialised biases at the first step): take them all and
         # fill the budget uniformly among the rest, so k stays exact. Rare: materialise the scores here.
-        dense = weights.dense().masked_fill_(weights.padding(), -1.0)  # padding is never chosen
+        dense = weights if isinstance(weights, torch.Tensor) else weights.dense()
+        dense = dense.masked_fill(self.layout.padding(), -1.0)  # padding is never chosen
         chosen = torch.nonzero(dense > 0).squeeze(1)
         rest = torch.nonzero(dense == 0).squeeze(1)
         extra = rest[uniform_sample_without_replacement(rest.numel(), self.k - positive, self.generator,
                                                         device=dense.device)]
-        return weights.split(torch.cat([chosen, extra]))
+        return FlatIndices(self.layout.unpad(torch.sort(torch.cat([chosen, extra])).values))

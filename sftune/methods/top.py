@@ -1,5 +1,6 @@
 """top: Top Tuning, the k most important entries every step (methods.md section 4)."""
 
+from sftune.methods.masking import FlatIndices
 from sftune.methods.scored import ScoredMethod
 from sftune.registry import register
 from sftune.select import topk_indices
@@ -14,4 +15,4 @@ class TopTuning(ScoredMethod):
                "trains densely.")
 
     def select(self, step):
-        return self.split(topk_indices(self.scores(), self.k, self.generator))
+        return FlatIndices(topk_indices(self.scores(), self.k, self.generator))

@@ -6,7 +6,7 @@ ascending order, and randomness comes only from the ``torch.Generator`` passed i
 """
 
 from .flat import FlatBuffer, split_sorted
-from .masks import BitMask, bernoulli_mask_, bernoulli_threshold, pack_bits, unpack_bits
+from .masks import BitMask, bernoulli_dropout_, bernoulli_mask_, bernoulli_threshold, pack_bits, unpack_bits
 from .sampling import BlockWeights, uniform_sample_without_replacement, weighted_sample_without_replacement
 from .topk import global_threshold, global_threshold_mask, kth_largest_value, top_fraction_mask, topk_indices
 
@@ -14,6 +14,7 @@ __all__ = [
     "FlatBuffer",
     "split_sorted",
     "BitMask",
+    "bernoulli_dropout_",
     "bernoulli_mask_",
     "bernoulli_threshold",
     "pack_bits",

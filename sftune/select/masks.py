@@ -21,11 +21,12 @@ Bit packing (DPS keeps a mask per weight matrix for a whole stage): 1 bit per en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["bernoulli_mask_", "bernoulli_threshold", "pack_bits", "unpack_bits", "BitMask"]
+__all__ = ["bernoulli_mask_", "bernoulli_dropout_", "bernoulli_threshold", "pack_bits", "unpack_bits", "BitMask"]
 
 # Entries per chunk. CPU: random words (2 MiB) + output stay cache-resident. GPU: caches don't matter but
 # kernel launches do, so few large chunks.
@@ -49,6 +50,7 @@ def bernoulli_mask_(
     generator: torch.Generator,
     bits: int = 16,
     chunk_size: int | None = None,
+    on_chunk: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Fill ``out`` (bool, uint8 or any floating dtype: values 0/1) with i.i.d. Bernoulli(p) draws, in place.
 
@@ -56,6 +58,10 @@ def bernoulli_mask_(
     n-sized temporaries: random words are drawn into chunk-sized scratch buffers (``chunk_size`` entries,
     default 2^20 on CPU, 2^24 elsewhere) and compared directly into ``out`` (``torch.lt(..., out=...)``
     writes bool or 0/1 floats). Returns ``out``.
+
+    ``on_chunk(start, chunk)``, if given, is called with each filled chunk of the flattened ``out`` (a view)
+    and its offset, while the chunk is still in cache (``bernoulli_dropout_`` masks gradients there). It may
+    run on the worker thread below; the calls of each half come in order.
 
     Random stream: on CPU, for n >= 2^21 the entries are split into two fixed halves; the first half uses
     ``generator``, the second a child generator seeded from one draw of ``generator``. torch's CPU
@@ -67,11 +73,14 @@ def bernoulli_mask_(
     """
     T = bernoulli_threshold(p, bits)
     full = 1 << bits
-    if T <= 0:
-        return out.zero_()
-    if T >= full:
-        return out.fill_(1)
+    if T <= 0 or T >= full:
+        out.fill_(0 if T <= 0 else 1)
+        if on_chunk is not None:
+            on_chunk(0, out.reshape(-1))
+        return out
     if not out.is_contiguous():
+        if on_chunk is not None:
+            raise ValueError("on_chunk needs a contiguous tensor")
         tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
         bernoulli_mask_(tmp, p, generator, bits, chunk_size)
         return out.copy_(tmp)
@@ -86,12 +95,45 @@ def bernoulli_mask_(
         half = ((n + 1) // 2 + 7) // 8 * 8
         seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
         child = torch.Generator().manual_seed(seed)
-        fut = _pool().submit(_fill_bernoulli, flat[half:], thr, bits, chunk, child)
-        _fill_bernoulli(flat[:half], thr, bits, chunk, generator)
+        fut = _pool().submit(_fill_bernoulli, flat[half:], thr, bits, chunk, child, on_chunk, half)
+        _fill_bernoulli(flat[:half], thr, bits, chunk, generator, on_chunk, 0)
         fut.result()
     else:
-        _fill_bernoulli(flat, thr, bits, chunk, generator)
+        _fill_bernoulli(flat, thr, bits, chunk, generator, on_chunk, 0)
     return out
+
+
+def bernoulli_dropout_(
+    mask: torch.Tensor,
+    p: float,
+    generator: torch.Generator,
+    targets: Sequence[tuple[int, torch.Tensor]],
+    scale: float = 1.0,
+    bits: int = 16,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Draw Bernoulli(p) into the contiguous bool ``mask`` (the very draws ``bernoulli_mask_`` makes from the
+    same generator state) and multiply the ``targets`` by it, and by ``scale``, chunk by chunk while each
+    chunk is in cache: Child-Tuning F's ``g <- g * M / p`` in one read and one write of every gradient entry
+    instead of three passes. ``targets``: (offset, contiguous 1-D tensor) pairs in ascending offset order,
+    each covering ``mask[offset : offset + numel]``; the mask is drawn whole whichever targets exist.
+    Returns ``mask``.
+    """
+    offsets = [off for off, _ in targets]
+
+    def apply(start: int, chunk: torch.Tensor) -> None:
+        end = start + chunk.numel()
+        for off, target in targets[max(0, bisect_right(offsets, start) - 1):]:
+            if off >= end:
+                break
+            lo, hi = max(start, off), min(end, off + target.numel())
+            if lo < hi:
+                part = target[lo - off : hi - off]
+                part.mul_(chunk[lo - start : hi - start])
+                if scale != 1.0:
+                    part.mul_(scale)
+
+    return bernoulli_mask_(mask, p, generator, bits, chunk_size, on_chunk=apply)
 
 
 # Entries below which the CPU stream is not split in two (the thread hand-off would cost more).
@@ -109,7 +151,8 @@ def _pool():
     return _executor
 
 
-def _fill_bernoulli(flat: torch.Tensor, thr: int, bits: int, chunk: int, generator: torch.Generator) -> None:
+def _fill_bernoulli(flat: torch.Tensor, thr: int, bits: int, chunk: int, generator: torch.Generator,
+                    on_chunk: Callable[[int, torch.Tensor], None] | None = None, base: int = 0) -> None:
     n = flat.numel()
     if n == 0:
         return
@@ -121,6 +164,8 @@ def _fill_bernoulli(flat: torch.Tensor, thr: int, bits: int, chunk: int, generat
         wv = words[: (L + per_word - 1) // per_word]
         wv.random_(-(1 << 63), None, generator=generator)  # full 64-bit range: every bit uniform
         torch.lt(wv.view(lane)[:L], thr, out=flat[start : start + L])
+        if on_chunk is not None:
+            on_chunk(base + start, flat[start : start + L])
 
 
 # --------------------------------------------------------------------------- bit packing

@@ -56,7 +56,8 @@ _U_LOW = 2.0**-25
 # sums are the only O(n) pass (n / 32 outputs), the top prefix sum is over n / 1024 values.
 _BLOCK = 32
 _MAX_ROUNDS = 40
-_DRAW_CHUNK = 1 << 15
+_DRAW_CHUNK = 1 << 15  # draws processed together on CPU (temporaries ~8 MiB: cache-friendly)
+_DRAW_CHUNK_OTHER = 1 << 17  # elsewhere: fewer, larger kernels (launches are the cost on a GPU)
 
 
 class BlockWeights:
@@ -353,8 +354,9 @@ def _sample_cdf(w: BlockWeights, k: int, generator: torch.Generator, chunk_size:
             )
         u = _sorted_uniforms(need, generator, dev).mul_(top[-1])
         found = []
-        for a in range(0, need, _DRAW_CHUNK):  # bounded temporaries: O(_DRAW_CHUNK * _BLOCK)
-            uc = u[a : a + _DRAW_CHUNK]
+        draw_chunk = _DRAW_CHUNK if torch.device(dev).type == "cpu" else _DRAW_CHUNK_OTHER
+        for a in range(0, need, draw_chunk):  # bounded temporaries: O(draw_chunk * _BLOCK)
+            uc = u[a : a + draw_chunk]
             s2 = torch.searchsorted(top, uc, right=True).clamp_(max=top.numel() - 1)
             hi = top[s2]
             lo = (top[(s2 - 1).clamp_(min=0)]).masked_fill_(s2 == 0, 0.0)

@@ -29,9 +29,9 @@ def record_masks(trainer: Trainer) -> list[dict[str, torch.Tensor]]:
     original = method.select
 
     def select(step):
-        masks = original(step)
+        selection = original(step)
         dense = {}
-        for name, mask in masks.items():
+        for name, mask in method.masks_of(selection).items():
             p = method.candidates[name]
             if mask.dtype == torch.bool:
                 dense[name] = mask.clone()
@@ -40,7 +40,7 @@ def record_masks(trainer: Trainer) -> list[dict[str, torch.Tensor]]:
                 m[mask] = True
                 dense[name] = m.view(p.shape)
         steps.append(dense)
-        return masks
+        return selection
 
     method.select = select
     return steps

@@ -161,7 +161,7 @@ def test_random_is_uniform_over_candidates(tiny_bert, glue_dir):
     method = trainer.method
     counts = {n: 0 for n in method.candidates}
     for step in range(300):
-        for name, idx in method.select(step + 1).items():
+        for name, idx in method.masks_of(method.select(step + 1)).items():
             counts[name] += idx.numel()
     sizes = {n: p.numel() for n, p in method.candidates.items()}
     n = sum(sizes.values())
@@ -173,13 +173,13 @@ def test_random_is_uniform_over_candidates(tiny_bert, glue_dir):
 def test_same_seed_same_masks_and_resumable_generator(tiny_bert, glue_dir):
     a = make_trainer(tiny_bert, glue_dir, "random", steps=1, method__k=30)
     b = make_trainer(tiny_bert, glue_dir, "random", steps=1, method__k=30)
-    first, other = a.method.select(1), b.method.select(1)
+    first, other = a.method.masks_of(a.method.select(1)), b.method.masks_of(b.method.select(1))
     assert all(torch.equal(first[n], other[n]) for n in first)
     state = a.method.state_dict()
-    nxt = a.method.select(2)
+    nxt = a.method.masks_of(a.method.select(2))
     c = make_trainer(tiny_bert, glue_dir, "random", steps=1, method__k=30)
     c.method.load_state_dict(state)
-    resumed = c.method.select(2)
+    resumed = c.method.masks_of(c.method.select(2))
     assert all(torch.equal(nxt[n], resumed[n]) for n in nxt)
     assert not all(torch.equal(nxt[n], first[n]) for n in nxt)
 
@@ -251,8 +251,10 @@ def test_block_importance_equals_the_flat_scores_and_samples_alike(tiny_bert, gl
     """Stochastic's block-wise importance (no n-sized buffer) holds bitwise the values Top's flat buffer
     holds, with each parameter padded to whole blocks, and the sampler draws the same sample from it as from
     those values as one tensor (same generator state)."""
+    from sftune.methods.importance import ImportanceWeights, PaddedLayout
     from sftune.methods.scored import ScoredMethod
     from sftune.select import weighted_sample_without_replacement
+    from sftune.select.sampling import _BLOCK
 
     trainer = make_trainer(tiny_bert, glue_dir, "top", steps=1)
     method = trainer.method
@@ -262,7 +264,8 @@ def test_block_importance_equals_the_flat_scores_and_samples_alike(tiny_bert, gl
     kept = {n: (method.means.sums[n].clone(), method.means.counts[n].clone()) for n in method.means.sums}
     flat = ScoredMethod.scores(method).clone()
     method.means.sums, method.means.counts = ({n: v[0] for n, v in kept.items()}, {n: v[1] for n, v in kept.items()})
-    weights = method.importance()
+    layout = PaddedLayout([p.numel() for p in method.candidates.values()], _BLOCK, "cpu")  # stochastic's layout
+    weights = ImportanceWeights(method.candidates, method.kinds, method._means(), layout)
     assert any(p.numel() % weights.block for p in method.candidates.values())  # padding is exercised
     dense = weights.dense()
     pad = weights.padding()
@@ -281,9 +284,11 @@ def test_block_importance_equals_the_flat_scores_and_samples_alike(tiny_bert, gl
     a = weighted_sample_without_replacement(weights, k, torch.Generator().manual_seed(7))
     b = weighted_sample_without_replacement(dense, k, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
-    split = weights.split(a)
+    packed = weights.unpad(a)  # to the candidates end to end without padding (the flat gradient layout)
+    assert torch.equal(dense[a], flat[packed]) and bool((packed[1:] > packed[:-1]).all())
+    split = method.split(packed)
     assert sum(v.numel() for v in split.values()) == k
     for name, local in split.items():  # back to the parameters' own flat indices, inside each parameter
         assert bool((local < method.candidates[name].numel()).all())
         start = weights.starts[weights.names.index(name)]
-        assert torch.equal(dense[local + start], flat[local + method.flat.offsets[name]])
+        assert torch.equal(dense[local + start], method.views[name].reshape(-1)[local])
