@@ -43,9 +43,10 @@ import math
 
 import torch
 
-from .topk import _k_largest_positions
+from .topk import _k_largest_positions, topk_indices
 
-__all__ = ["BlockWeights", "weighted_sample_without_replacement", "uniform_sample_without_replacement"]
+__all__ = ["BlockWeights", "weighted_sample_without_replacement", "weighted_sample_keys_",
+           "uniform_sample_without_replacement"]
 
 # Lower end of the uniform draw for the keys method: torch's float32 uniform_ is a multiple of 2^-24 in
 # [0, 1); drawing from [2^-25, 1) moves only the value 0 (to 2^-25, its bucket's midpoint) so log(U) is
@@ -206,6 +207,35 @@ def _sample_keys(
             "cannot draw k distinct indices without replacement"
         )
     return best_idx
+
+
+def weighted_sample_keys_(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int = 1 << 24) -> torch.Tensor:
+    """The keys method for weights already in one flat float tensor, written over ``w`` (its values are
+    destroyed): each chunk's keys ``log(U) / w`` replace the weights in place, then one exact top-k
+    (``topk_indices``: the k largest keys, ties to the lower index, the rule ``_sample_keys`` applies). The
+    same sample as ``method="keys"`` with the same ``chunk_size`` and generator state, in a dozen kernels and
+    no merge loop; the only temporary is one chunk of uniforms. This is the GPU's fast exact sampler when a
+    flat buffer of the weights exists (Stochastic Tuning with flat gradients): a few passes over n at memory
+    speed against the cdf method's rounds of small kernels. Ascending int64 indices.
+    """
+    w = w.reshape(-1)
+    n = w.numel()
+    k = int(k)
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot draw k={k} distinct indices out of n={n}")
+    chunk = max(1, min(int(chunk_size), n))
+    u = torch.empty(chunk, dtype=torch.float64 if w.dtype == torch.float64 else torch.float32, device=w.device)
+    for start in range(0, n, chunk):
+        L = min(chunk, n - start)
+        uc = u[:L].uniform_(_U_LOW, 1.0, generator=generator).log_()
+        torch.div(uc, w[start : start + L], out=w[start : start + L])  # w = 0 -> -inf, never NaN
+    del u
+    idx = topk_indices(w, k, generator)
+    if k and bool(torch.isneginf(w.index_select(0, idx)).any()):
+        raise ValueError(
+            f"fewer than k={k} entries have positive weight; cannot draw k distinct indices without replacement"
+        )
+    return idx
 
 
 # --------------------------------------------------------------------------- cdf (with replacement + dedup)

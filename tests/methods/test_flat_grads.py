@@ -6,7 +6,9 @@ import torch
 
 from helpers import make_trainer, record_masks, snapshot
 
-FLAT_METHODS = ["random", "top", "stochastic", "child-tuning-f", "child-tuning-d"]
+# Stochastic samples with exponential keys over the flat buffer instead of inverse-CDF draws: the same
+# distribution, other draws (its exactness with flat gradients: test_selectors' update-mode test).
+FLAT_METHODS = ["random", "top", "child-tuning-f", "child-tuning-d"]
 
 
 def _train(tiny_bert, glue_dir, method, mode, flat, **sets):

@@ -12,9 +12,10 @@ def changed_sets(before, trainer):
     return {n: p.detach() != before[n] for n, p in trainer.model.named_parameters()}
 
 
-@pytest.mark.parametrize("method", ["stochastic", "top", "random"])
-def test_update_mode_changes_exactly_the_union_of_selections(tiny_bert, glue_dir, method):
-    trainer = make_trainer(tiny_bert, glue_dir, method, "update", steps=3, method__k=200)
+@pytest.mark.parametrize("method,flat", [("stochastic", "off"), ("stochastic", "on"), ("top", "off"), ("random", "off")])
+def test_update_mode_changes_exactly_the_union_of_selections(tiny_bert, glue_dir, method, flat):
+    # flat=on: stochastic's other sampler (exponential keys over the flat buffer) from the second step on
+    trainer = make_trainer(tiny_bert, glue_dir, method, "update", steps=3, method__k=200, train__flat_grads=flat)
     masks = record_masks(trainer)
     before = snapshot(trainer)
     trainer.train()

@@ -123,6 +123,26 @@ def test_keys_chunked_equals_single_chunk():
         assert torch.equal(a, b)
 
 
+def test_in_place_keys_equal_the_keys_method():
+    """weighted_sample_keys_ (keys written over a flat buffer, one exact top-k) draws the sample the keys method
+    draws from the same generator state, for any chunking; ties and zero weights included."""
+    from sftune.select.sampling import weighted_sample_keys_
+
+    w = torch.rand(300000) ** 3  # large enough for top-k's prefilter path
+    w[1000:5000] = 0
+    w[7:12] = 0.5  # equal weights
+    for k, chunk in [(300, 1 << 22), (300, 4097), (5000, 65536)]:
+        a = weighted_sample_keys_(w.clone(), k, gen(5), chunk_size=chunk)
+        b = weighted_sample_without_replacement(w, k, gen(5), chunk_size=chunk, method="keys")
+        assert torch.equal(a, b)
+    hot = torch.tensor([5, 17, 4099, 9998])
+    z = torch.zeros(10000)
+    z[hot] = 1.0
+    assert torch.equal(weighted_sample_keys_(z.clone(), 4, gen()), hot)
+    with pytest.raises(ValueError, match="positive weight"):
+        weighted_sample_keys_(z.clone(), 5, gen())
+
+
 def test_keys_k_equal_to_positive_count_returns_exactly_them_for_any_chunking():
     # The -inf keys of zero weights must never displace a finite key across chunk merges.
     w = torch.zeros(10000)
