@@ -129,6 +129,23 @@ def test_estimate_runs_nothing_and_counts_method_state(tiny_bert, monkeypatch):
     assert _cell(report, "full", 8)["parts_max"]["activations"] > _cell(report, "full", 4)["parts_max"]["activations"]
 
 
+def test_estimate_counts_flat_gradients(tiny_bert):
+    """With train.flat_grads=on the candidates' gradients exist from the first forward on (and Stochastic keeps
+    a flat score buffer): the estimate puts them into the peak."""
+    cells = {}
+    for flat in ("off", "on"):
+        code, out, err = _run(["memprofile", tiny_bert, "--methods", "top,stochastic", "--batch-sizes", "8",
+                               "--seq-len", "32", "--estimate", "--format", "json", "--set", f"train.flat_grads={flat}"])
+        assert code == 0, err
+        cells[flat] = {c["method"]: c for c in json.loads(out)["cells"]}
+    for method in ("top", "stochastic"):
+        off, on = cells["off"][method], cells["on"][method]
+        assert on["parts"]["gradients"] >= 4 * on["candidates"] > 0
+        assert on["peak_bytes"] > off["peak_bytes"]
+    assert "flat" in cells["on"]["stochastic"]["method_state_detail"]
+    assert "flat" not in cells["off"]["stochastic"]["method_state_detail"]
+
+
 def test_estimate_of_a_large_shape_allocates_nothing():
     import resource
 

@@ -17,10 +17,11 @@ the per-parameter path, so correctness never rests on the in-place accumulation.
 Cost: the buffer lives from the first forward to the optimizer step instead of gradients appearing during
 backward, so the peak memory can grow by up to the candidates' gradient bytes. Hence `train.flat_grads`:
 `auto` (default) uses it on CUDA in single-process runs, where launches are the cost and memory is ample;
-`on` / `off` force it. Results are identical either way (tests compare the two).
+`on` / `off` force it. Training is bitwise the same either way (tests compare the two), except that
+Stochastic Tuning samples with exponential keys over its then flat score buffer (same distribution).
 
-A candidate that gets no gradient in backward (an unused module) has a zero gradient here instead of none,
-so AdamW would move it by momentum and weight decay: the first step runs without the buffer, and
+A candidate that gets no gradient in backward (an unused module) would have a zero gradient here instead of
+none, and AdamW would move it by momentum and weight decay: so the first step runs without the buffer, and
 candidates that got no gradient then are left out of it for the run.
 """
 
@@ -29,9 +30,6 @@ from __future__ import annotations
 import torch
 
 from sftune.select import FlatBuffer
-
-FLAT_GRADS = ("auto", "on", "off")
-
 
 def wanted(setting: str, device: torch.device, processes: int) -> bool:
     """Whether flat gradients are used for `train.flat_grads = setting`."""

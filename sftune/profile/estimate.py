@@ -92,8 +92,9 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def method_state(method, mask_mode: str) -> tuple[dict[str, int], str]:
-    """(bytes per kind of persistent state at the method's largest stage, how it was obtained)."""
+def method_state(method, mask_mode: str, flat_grads: bool = False) -> tuple[dict[str, int], str]:
+    """(bytes per kind of persistent state at the method's largest stage, how it was obtained). `flat_grads`:
+    the run keeps flat gradients (Stochastic then keeps a flat score buffer too)."""
     from sftune.methods.masking import MaskedMethod
 
     cands = {n: p for n, p in getattr(method, "candidates", {}).items() if p.requires_grad}
@@ -118,7 +119,7 @@ def method_state(method, mask_mode: str) -> tuple[dict[str, int], str]:
     if k is not None:  # per-step budget methods: this step's k indices (int64) stay until the next step
         out = {"masks": 8 * int(k)}
         if hasattr(method, "means"):  # importance-scored: mu per input feature, and for Top a float32 score
-            if getattr(method, "flat_scores", False):  # per candidate (Stochastic computes them block-wise)
+            if getattr(method, "flat_scores", False) or flat_grads:  # per candidate (else Stochastic: block-wise)
                 out["flat"] = 4 * sum(p.numel() for p in method.candidates.values())
             out["means"] = 4 * sum(_input_features(method))
         return out, "estimated"
@@ -176,16 +177,23 @@ def estimate_cell(cell: Cell, config=None) -> dict[str, Any]:
     weights = _nbytes(params) + _nbytes(model.buffers())
     gradients = _nbytes(trainable)
     optimizer = 2 * gradients
-    state, how = method_state(method, cell.mask_mode)
+    # Flat gradients (CUDA's default for the flat-capable methods) exist from the first forward on, so the
+    # candidates' gradient bytes are part of the peak.
+    from sftune.methods.flat_grads import wanted
+
+    device = "cpu" if cell.cpu or not torch.cuda.is_available() else "cuda"
+    flat = bool(getattr(method, "flat_capable", False)) and wanted(cfg.train.flat_grads, device, 1)
+    flat_bytes = _nbytes(p for p in getattr(method, "candidates", {}).values() if p.requires_grad) if flat else 0
+    state, how = method_state(method, cell.mask_mode, flat)
     if cell.mask_mode == "update" and state:
         masked = sum(p.numel() for p in getattr(method, "candidates", {}).values() if p.requires_grad)
         optimizer += 2 * masked  # MaskedAdamW's int16 per-entry step counts
     half = cell.precision in HALF
     activations = activation_bytes(model, batch, half)  # one micro-batch's graph exists at a time
     state_total = sum(state.values())
-    at_peak = {"weights": weights, "gradients": 0, "optimizer": optimizer, "method_state": state_total,
+    at_peak = {"weights": weights, "gradients": flat_bytes, "optimizer": optimizer, "method_state": state_total,
                "activations": activations, "runtime": 0}
-    if gradients > activations:
+    if gradients > activations + flat_bytes:  # the end of backward, not of the forward, is the peak
         at_peak.update(gradients=gradients, activations=0)
     result = {
         "method": cell.method, "batch_size": cell.batch_size, "status": "estimated",
