@@ -10,8 +10,8 @@ nothing; a multi-tensor `_foreach_` call counts as the launches it makes on CUDA
 values (`item`/`tolist`/`bool`). Those counts do not depend on
 the machine, so a change that lowers them can be checked here, and the counts say what a GPU would pay.
 
-The CPU-only paths (the Bernoulli draw's cache-sized chunks and two generator streams, DPS's cache-sized GAM
-chunks, the weighted sampler's draw chunks) are switched to their non-CPU form while counting, and `train.flat_grads` is `on` (what `auto`
+The CPU-only paths (the Bernoulli draw's cache-sized chunks and two generator streams, DPS's chunked GAM update,
+the weighted sampler's draw chunks) are switched to their non-CPU form while counting, and `train.flat_grads` is `on` (what `auto`
 picks on CUDA; `--flat-grads off` for the per-parameter path), so the counts are those of a CUDA run.
 """
 
@@ -148,6 +148,7 @@ def main() -> None:
     masks._CHUNK.clear()  # the non-CPU Bernoulli path: few large chunks, one stream
     masks._SPLIT_MIN = float("inf")
     dps_common.gam_chunk = lambda device: 1 << 23  # a whole matrix per chunk, as on CUDA
+    dps_common.multi_tensor_gam = lambda device: True
     sampling._DRAW_CHUNK = sampling._DRAW_CHUNK_OTHER
     counter = OpCounter()
     glue = Path(args.glue)

@@ -104,9 +104,12 @@ class MaskedMethod(Method):
         if isinstance(sel, (FlatIndices, FlatMask)) and self.flat_grad() is not None:
             sel.apply_(self.flat_grad())
         elif not (isinstance(sel, FlatMask) and sel.applied):
-            for name, mask in self.masks.items():
-                grad = self.candidates[name].grad
-                if grad is not None:
+            pairs = [(self.candidates[n].grad, m) for n, m in self.masks.items() if self.candidates[n].grad is not None]
+            bool_pairs = [(g, m) for g, m in pairs if m.dtype == torch.bool]
+            if bool_pairs:  # one multi-tensor call (a loop in C++: on a GPU, no Python per parameter)
+                torch._foreach_mul_([g for g, _ in bool_pairs], [m for _, m in bool_pairs])
+            for grad, mask in pairs:
+                if mask.dtype != torch.bool:
                     apply_mask_(grad, mask)
         if self.mask_mode == "update":
             for name, p in self.candidates.items():

@@ -150,6 +150,23 @@ def test_bf16_gam_rounds_once_to_nearest_or_stochastically():
                        torch.tensor([0.75, 2.0], dtype=torch.bfloat16))
 
 
+def test_multi_tensor_bf16_addcmul_is_the_chunked_round_to_nearest():
+    """The GPU's GAM update (one _foreach_addcmul_ on the bfloat16 accumulators) is bitwise addcmul_bf16_."""
+    torch.manual_seed(0)
+    gams = [(torch.rand(300, 70) * 3).to(torch.bfloat16), torch.rand(1000).to(torch.bfloat16)]
+    grads = [torch.randn(300, 70) * 0.3, torch.randn(1000) * 1e-3]
+    chunked, fused = [g.clone() for g in gams], [g.clone() for g in gams]
+    for _ in range(3):
+        for acc, g in zip(chunked, grads):
+            addcmul_bf16_(acc, g, 1 << 12)
+        torch._foreach_addcmul_(fused, grads, grads)
+    assert all(torch.equal(a, b) for a, b in zip(chunked, fused))
+    from sftune.methods.dps_common import _multi_tensor_gam_agrees, multi_tensor_gam
+
+    assert _multi_tensor_gam_agrees("cpu")  # the probe an accelerator runs once before using the call
+    assert not multi_tensor_gam(torch.device("cpu"))  # the CPU keeps the faster chunked update
+
+
 def test_default_gam_is_bf16_round_to_nearest_of_the_float32_sum():
     model = tiny()
     method, opt = make(DPSDense, model, T=8, ur=0.5)  # U = 4
