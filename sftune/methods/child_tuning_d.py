@@ -92,14 +92,13 @@ class ChildTuningD(MaskedMethod):
         self.mask = FlatBuffer({n: p.shape for n, p in self.candidates.items()}, torch.bool, device, fill=None)
         for n, m in zip(names, masks):
             self.mask.views[n].copy_(m)
-        self.fixed = self.mask.views
         self.fisher_batches_used = n_batches
 
     def select(self, step):
         return FlatMask(self.mask)  # the same buffer every step: fixed for the run
 
     def state_dict(self):
-        return {"packed": {n: pack_bits(m) for n, m in self.fixed.items()}}
+        return {"packed": {n: pack_bits(m) for n, m in self.mask.views.items()}}
 
     def load_state_dict(self, state):
         for n, packed in state["packed"].items():

@@ -38,6 +38,9 @@ from sftune.methods.flat_grads import FlatGrads, wanted
 from sftune.select import FlatBuffer, split_sorted
 
 
+_UNCHECKED = object()  # flat_grad() outside after_backward: check the gradient views now
+
+
 class FlatIndices:
     """Selected entries as ascending indices into the candidates laid end to end (candidate order)."""
 
@@ -82,6 +85,7 @@ class MaskedMethod(Method):
         use = (self.flat_capable and self.candidates and FlatGrads.supported(self.candidates)
                and wanted(setting, next(iter(self.candidates.values())).device, ctx.accelerator.num_processes))
         self.flat_grads = FlatGrads(self.candidates) if use else None
+        self._step_flat_grad = _UNCHECKED  # inside after_backward: this step's one check of the views
 
     def on_optimizer(self, optimizer) -> None:
         if self.mask_mode == "update":
@@ -97,12 +101,18 @@ class MaskedMethod(Method):
         fg = self.flat_grads
         if fg is not None and fg.buffer is None:
             fg.build()  # the first step ran with ordinary gradients: it showed which candidates get one
-        self.set_selection(self.select(step))
+        # The views are checked once for the whole step (a pointer comparison per candidate): select() and
+        # the scores read the answer through flat_grad() instead of repeating the check.
+        self._step_flat_grad = flat = self._check_flat_grad()
+        try:
+            self.set_selection(self.select(step))
+        finally:
+            self._step_flat_grad = _UNCHECKED
         # Both modes zero the gradient outside the mask before clipping, so the clipping norm is the
         # reference's (the norm of the masked gradient).
         sel = self._selection
-        if isinstance(sel, (FlatIndices, FlatMask)) and self.flat_grad() is not None:
-            sel.apply_(self.flat_grad())
+        if isinstance(sel, (FlatIndices, FlatMask)) and flat is not None:
+            sel.apply_(flat)
         elif not (isinstance(sel, FlatMask) and sel.applied):
             pairs = [(self.candidates[n].grad, m) for n, m in self.masks.items() if self.candidates[n].grad is not None]
             bool_pairs = [(g, m) for g, m in pairs if m.dtype == torch.bool]
@@ -118,6 +128,10 @@ class MaskedMethod(Method):
 
     def flat_grad(self) -> torch.Tensor | None:
         """The candidates' gradients as one flat tensor, if this step's gradients are the flat buffer's views."""
+        flat = self._step_flat_grad
+        return self._check_flat_grad() if flat is _UNCHECKED else flat
+
+    def _check_flat_grad(self) -> torch.Tensor | None:
         fg = self.flat_grads
         return fg.data if fg is not None and fg.holds_grads() else None
 
