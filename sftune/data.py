@@ -20,6 +20,7 @@ import torch
 
 from sftune.config import DataConfig
 from sftune.errors import UsageError
+from sftune.hub import require_hub
 from sftune.tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
@@ -162,6 +163,7 @@ def _from_hub(task: Task, need_train: bool) -> Splits:
     import datasets
 
     datasets.disable_progress_bars()
+    require_hub(f"the data set {HUB_DATASET}/{task.hub_config}")
     try:
         ds = datasets.load_dataset(HUB_DATASET, task.hub_config)
     except Exception as e:  # network, offline mode or missing config: one clear sentence

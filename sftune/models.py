@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sftune.errors import UsageError
+from sftune.hub import require_hub
 
 GROUPS = ("embeddings", "attention", "ffn", "layernorm", "bias", "other", "head")
 
@@ -36,14 +37,18 @@ def resolve_model_path(name: str) -> str:
     if path.is_dir() and not (path / "config.json").is_file():
         raise UsageError(f"model directory {name} has no config.json. Point to a directory saved with "
                          "save_pretrained, or to a run directory's model/ folder.")
-    return str(path) if path.exists() else name
+    if path.exists():
+        return str(path)
+    require_hub(f"model '{name}'")
+    return name
 
 
 def _hub_error(name: str, err: Exception) -> UsageError:
     offline = any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     why = "offline mode is set" if offline else "the Hugging Face Hub is unreachable or has no such model"
     return UsageError(f"cannot load model '{name}' ({why}: {type(err).__name__}). Use a local directory "
-                      "(save_pretrained format), the alias minilm, or connect to the Hub.")
+                      "(save_pretrained format), the alias minilm, or connect to the Hub; offline, set "
+                      "HF_HUB_OFFLINE=1 to use the Hugging Face cache.")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
