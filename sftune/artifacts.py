@@ -48,6 +48,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def match_umask(*paths: Path) -> None:
+    """Give files written by libraries that create them 0600 (safetensors) the mode of every other file."""
+    for path in paths:
+        os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 

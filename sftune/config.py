@@ -73,6 +73,15 @@ class TrainConfig:
     eval_every: int | None = option(None, "Evaluate every N optimizer steps; default: every epoch.")
     log_every: int = option(10, "Record metrics every N optimizer steps.")
     save_every: int | None = option(None, "Checkpoint every N steps; default: at every evaluation.")
+    keep_checkpoint: bool = option(False, "Keep checkpoint/ once the run completes (it exists to resume an "
+                                   "interrupted run; by default a completed run deletes it).")
+    keep_weights: str = option("model", "Weights a completed run keeps: model (model/), diff (only the sparse "
+                               "diff.safetensors where the run wrote one, else model/), none (metrics and "
+                               "predictions only).", choices=("model", "diff", "none"))
+    report_to: str | None = option(None, "Experiment trackers, comma-separated: tensorboard, wandb, mlflow, "
+                                   "trackio (through accelerate; logs go to RUN_DIR/trackers).")
+    plots: bool = option(False, "Write plots.png (loss, lr, validation metric, shares) into the run directory "
+                         "at the end (needs matplotlib).")
     cpu: bool = option(False, "Train on the CPU even when an accelerator is present.")
     check_masks: bool = option(True, "In multi-process runs, compare a hash of each step's masks across ranks "
                                "and stop on divergence.")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sftune.artifacts import atomic_write_json
+from sftune.artifacts import atomic_write_json, match_umask
 from sftune.models import GROUPS
 
 
@@ -58,6 +58,7 @@ def save_diff(model: nn.Module, reference: dict[str, torch.Tensor], groups: dict
             tensors[f"{name}::values"] = flat[changed].clone()
     tmp = run_path / "diff.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "sftune-diff-1"})
+    match_umask(tmp)
     tmp.replace(run_path / "diff.safetensors")
     diff_bytes = (run_path / "diff.safetensors").stat().st_size
     summary = {"diff_bytes": diff_bytes, "full_weights_bytes": full_bytes,

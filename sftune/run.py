@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from sftune.artifacts import RunDir, atomic_write_json, atomic_write_text, new_manifest, replace_dir
+from sftune.artifacts import (RunDir, atomic_write_json, atomic_write_text, match_umask, new_manifest,
+                              replace_dir)
 from sftune.config import RunConfig, build, dump_yaml, load_yaml
 from sftune.diff import changed_counts, save_diff
 from sftune.engine.loop import Interrupted, Reporter, Trainer
@@ -121,6 +123,7 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
     tmp = run_dir.path / "model.tmp"
     model.save_pretrained(tmp, safe_serialization=True)
     trainer.tokenizer.save_pretrained(tmp)
+    match_umask(*tmp.glob("*.safetensors"))
     replace_dir(tmp, run_dir.model)
     for split, rows in trainer.final_predictions.items():
         run_dir.write_predictions(split, rows)
@@ -152,8 +155,26 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
     del reference
     for plugin in trainer.plugins:
         results.update(getattr(plugin, "summary_stats", lambda: {})())
+    keep = trainer.cfg.train.keep_weights
+    results["weights"] = "diff" if keep == "diff" and "diff" in results else "none" if keep == "none" else "model"
     atomic_write_json(run_dir.results, results)
+    _drop_unkept(run_dir, results["weights"], trainer.cfg.train.keep_checkpoint)
     return results
+
+
+def _drop_unkept(run_dir: RunDir, weights: str, keep_checkpoint: bool) -> None:
+    """After results.json marks the run complete: delete checkpoint/ (it only serves resuming) and the weights
+    train.keep_weights does not keep (sweeps of many runs: only the sparse diff, or nothing)."""
+    drop = [] if keep_checkpoint else [run_dir.checkpoint]
+    if weights != "model":
+        drop.append(run_dir.model)
+    if weights == "none":
+        drop += [run_dir.path / "diff.safetensors", run_dir.path / "diff.json"]
+    for path in drop:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _read_results(run_dir: RunDir) -> dict:

@@ -37,6 +37,9 @@ Epochs = Annotated[float | None, typer.Option("--epochs", help="Training epochs.
 MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")]
 LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size per optimizer step.")]
+ReportTo = Annotated[str | None, typer.Option("--report-to", help="Also log to experiment trackers, "
+                                              "comma-separated: tensorboard, wandb, mlflow, trackio (off by "
+                                              "default; files under RUN_DIR/trackers).")]
 SetItems = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override any config key: "
                                                     "--set train.lr=1e-5 --set method.p=0.3 (repeatable).")]
 

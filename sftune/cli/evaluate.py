@@ -31,7 +31,7 @@ def evaluate(
     validation_file: ValidationFile = None,
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where predictions and "
-                          "metrics go (default: RUN_DIR/eval-TASK, or runs/eval-MODEL-TASK).")] = None,
+                          "metrics go (default: RUN_DIR/eval-TASK, RUN_DIR/eval-TASK-from-diff, or runs/eval-MODEL-TASK).")] = None,
     from_diff: Annotated[bool, typer.Option("--from-diff", help="Rebuild the model as the run's base model plus "
                          "its diff.safetensors (the sparse artifact) instead of loading model/.")] = False,
     format_: Format = "table",
@@ -41,6 +41,11 @@ def evaluate(
     run = RunDir(target)
     tree: dict = {"task": task_name, "method": {"name": "full"}}
     diff_path = run.path / "diff.safetensors"
+    if run.config.is_file() and not run.model.is_dir():
+        if not diff_path.is_file():
+            raise UsageError(f"{target} kept no weights (train.keep_weights=none): it cannot be evaluated again. "
+                             "Retrain it with --set train.keep_weights=model.")
+        from_diff = True  # a run that kept only its sparse diff (train.keep_weights=diff)
     if from_diff and not (run.config.is_file() and diff_path.is_file()):
         raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
                          "the weights write one). Evaluate the run directory without --from-diff.")
@@ -51,10 +56,14 @@ def evaluate(
         tree["data"] = dict(stored.get("data") or {})
         if stored.get("task") != task_name:  # another task's files would not fit
             tree["data"].update(train_file=None, validation_file=None, text_columns=None)
-        default_out = run.path / f"eval-{task_name}"
+        # The diff's rebuild gets a folder of its own: comparing it with the plain eval is the point of it.
+        default_out = run.path / (f"eval-{task_name}-from-diff" if from_diff else f"eval-{task_name}")
+        source = ({"weights": str(diff_path), "base_model": base.get("name"), "from_diff": True} if from_diff
+                  else {"weights": str(run.model), "from_diff": False})
     else:
         tree["model"] = {"name": target}
         default_out = Path("runs") / f"eval-{Path(target.rstrip('/')).name}-{task_name}"
+        source = {"weights": target, "from_diff": False}
     for key, value in {"data.data_dir": data_dir, "data.train_file": train_file,
                        "data.validation_file": validation_file}.items():
         if value is not None:
@@ -72,7 +81,7 @@ def evaluate(
     out = RunDir(output_dir or default_out)
     for split, rows in predictions.items():
         out.write_predictions(split, rows)
-    doc = {"model": cfg.model.name, "task": task_name, "metrics": metrics, "output_dir": str(out.path),
+    doc = {"model": cfg.model.name, "task": task_name, "source": source, "metrics": metrics, "output_dir": str(out.path),
            "predictions": {s: str(out.predictions / f"{s}.jsonl") for s in predictions}}
     atomic_write_json(out.path / "metrics.json", doc)
     if format_ == "json":

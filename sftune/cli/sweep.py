@@ -227,11 +227,16 @@ def sweep(
                           "method over the seeds of its best config (case_study.json).")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Case study bar chart image (implies "
                     "--case-study; needs matplotlib).")] = None,
+    keep_weights: Annotated[str | None, typer.Option("--keep-weights", help="Weights each run keeps: model "
+                            "(default), diff (only the sparse diff where a run wrote one) or none (metrics and "
+                            "predictions only): a sweep of many runs needs far less disk.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and what a rerun would do with each "
                        "(new, resume, overwrite, skip); run nothing.")] = False,
     format_: Format = "table",
 ) -> None:
     check_format(format_)
+    if keep_weights is not None:
+        set_ = [*(set_ or []), f"train.keep_weights={keep_weights}"]  # checked with the run config
     spec_file = Path(model) if Path(model).suffix in (".yaml", ".yml") else None
     cli = {"model": None if spec_file else model, "task": task, "method": method, "grid": grid, "paired": paired,
            "grid_preset": grid_preset, "seeds": seeds, "seed_list": seed_list, "jobs": jobs,

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, Seed, SetItems,
-                               TrainFile, ValidationFile, check_format, user_errors)
+from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, ReportTo, Seed,
+                               SetItems, TrainFile, ValidationFile, check_format, user_errors)
 from sftune.cli.render import reporter_for, trainable_table
 from sftune.config import build, deep_merge, parse_reg, parse_set, set_dotted
 from sftune.engine.loop import Interrupted
@@ -78,13 +78,19 @@ def train(
     format_: Format = "table",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output-dir.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output-dir.")] = False,
+    keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint/ after the run "
+                               "completes (deleted by default: it only serves --resume).")] = False,
+    report_to: ReportTo = None,
+    plots: Annotated[bool, typer.Option("--plots", help="Write plots.png (loss, lr, validation metric, "
+                     "shares) into the run directory at the end (needs matplotlib).")] = False,
 ) -> None:
     check_format(format_)
     task_name = get_task(task).name
     cli = {"train.seed": seed, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
            "train.batch_size": batch_size, "data.data_dir": data_dir, "data.train_file": train_file,
            "data.validation_file": validation_file, "data.train_size": train_size, "method.mask_mode": mask_mode,
-           "data.stratified": True if stratified else None}
+           "data.stratified": True if stratified else None, "train.report_to": report_to,
+           "train.keep_checkpoint": True if keep_checkpoint else None, "train.plots": True if plots else None}
     cfg = build(training_tree(model, task_name, method, preset, reg, set_, cli))
     run_dir = RunDir(output_dir or default_output_dir(cfg))
     reporter = reporter_for(format_)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from sftune.artifacts import atomic_write_json, replace_dir
+from sftune.artifacts import atomic_write_json, match_umask, replace_dir
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, plugins: list, state: dict[str, Any],
@@ -18,6 +18,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, plugins: list, stat
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(model, str(tmp / "model.safetensors"))  # handles tied weights (BART embeddings)
+    match_umask(tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "plugins": [p.state_dict() for p in plugins], "rng": rng}, tmp / "state.pt")
     atomic_write_json(tmp / "trainer_state.json", state)

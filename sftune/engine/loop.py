@@ -36,6 +36,8 @@ class Reporter:
     """Receives progress; the CLI renders it (Rich table, plain lines or nothing)."""
 
     def start(self, info: dict) -> None: ...
+    def step(self, progress: dict) -> None: ...  # every optimizer step: step, loss since the last log, lr
+    def evaluating(self, step: int) -> None: ...  # an evaluation begins (its record follows through log)
     def log(self, record: dict) -> None: ...
     def finish(self, results: dict) -> None: ...
 
@@ -175,7 +177,8 @@ class Trainer:
         return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method["name"],
                 "mask_mode": self.cfg.method["mask_mode"], "n_train": self.n_train,
                 "total_steps": getattr(self, "total_steps", 0), "steps_per_epoch": getattr(self, "steps_per_epoch", 0),
-                "trainable": table, "eval_splits": list(self.eval_sets), "main_metric": self.task.main_metric}
+                "trainable": table, "selects_per_step": hasattr(self.method, "selected_counts"),
+                "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets), "main_metric": self.task.main_metric}
 
     # ------------------------------------------------------------------------------------------- train
     def resume(self) -> bool:
@@ -231,6 +234,8 @@ class Trainer:
         st.train_seconds = time.perf_counter() - self._t_start
         self._rng = capture_rng()
         self._boundary = dataclasses.replace(st)
+        self.reporter.step({"step": st.step, "loss": window["loss"] / max(window["n"], 1),
+                            "lr": self.scheduler.get_last_lr()[0]})
         if self._is_log_step(st.step):
             self._log(window)
         if st.step < self.total_steps:
@@ -312,6 +317,7 @@ class Trainer:
         self.reporter.log(record)
 
     def _evaluate_and_record(self, final: bool = False) -> dict:
+        self.reporter.evaluating(self.state.step)
         results, preds = self.evaluate()
         self.state.last_eval = {s: r for s, r in results.items()}
         record = {"type": "eval", "step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
