@@ -102,7 +102,7 @@ class RichReporter(Reporter):
                                  TextColumn("steps"), TaskProgressColumn(), StepRateColumn(),
                                  TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
                                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                 console=self.console)
+                                 console=self.console, speed_estimate_period=600)
         self.task = self.progress.add_task("train", total=info["total_steps"], status="[dim]first step...")
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
