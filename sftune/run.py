@@ -97,6 +97,10 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
     # (RunDir.is_complete), so a kill between the two writes leaves an incomplete run, never a stale manifest.
     write()
     results = _finish(trainer, run_dir, metrics) if main else {"status": "complete", "metrics": metrics}
+    if main and cfg.train.plots:
+        from sftune.plots import plot_runs
+
+        plot_runs([run_dir.path], run_dir.path / "plots.png")
     acc.wait_for_everyone()
     reporter.finish(results)
     return results

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from sftune.cli.common import examples
 from sftune.errors import UsageError
 
 app = typer.Typer(
@@ -23,16 +25,32 @@ app = typer.Typer(
 
 
 
+# Every module here that defines commands registers them on `app` when imported; help lists them in this
+# order, the order a user needs them (presets, a group, comes last).
+COMMAND_MODULES = ("train", "evaluate", "sweep", "analyze", "plot", "transfer", "memprofile", "catalog")
+
+
 def _load_commands() -> None:
-    # Every module of sftune.cli that defines commands registers them on `app` when imported.
     import importlib
-    import pkgutil
 
-    for module in pkgutil.iter_modules(__path__):
-        if module.name not in ("common", "render"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
 
 
+def _show_flags_as_flags() -> None:
+    """Typer 0.29's help prints a type beside every option, `--dry-run <bool>` included, which reads as if the
+    flag took a value. On/off flags take none: show no type for them."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_show_flags_as_flags()
 _load_commands()
 
 
@@ -47,8 +65,21 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
-@app.callback()
-def _root() -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        from sftune import __version__
+
+        typer.echo(f"sftune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(epilog=examples("sftune train minilm rte --data-dir ../shared/data/glue --method bitfit",
+                              "sftune eval runs/minilm-rte-bitfit-seed42 rte",
+                              "sftune sweep minilm rte --data-dir DIR --method full,bitfit --seeds 3",
+                              "sftune methods",
+                              "sftune COMMAND --help"))
+def _root(version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     quiet_libraries()
 
 

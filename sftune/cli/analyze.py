@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from sftune.cli import app
-from sftune.cli.common import Format, check_format, user_errors
+from sftune.cli.common import Format, check_format, examples, user_errors
 from sftune.cli.sweep import case_table, summary_table
 from sftune.errors import UsageError
 from sftune.sweep.case_study import case_study as run_case_study
@@ -21,7 +21,10 @@ from sftune.sweep.summary import scan, summarize
 @app.command(help="Summarise the complete runs under DIR (a sweep directory, or any tree of run directories): "
                   "mean ± std of every metric per config (the run directory's parent), the best config per "
                   "method, and the easy/hard case study per method over the seeds of its best config. "
-                  "Reads only; writes nothing but --plot.")
+                  "Reads only; writes nothing but --plot.",
+             epilog=examples(
+    "sftune analyze sweeps/minilm-rte",
+    "sftune analyze sweeps/minilm-rte --plot case-study.png --format json"))
 @user_errors
 def analyze(
     directory: Annotated[Path, typer.Argument(help="Sweep directory or any directory holding run directories.")],

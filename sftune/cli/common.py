@@ -25,6 +25,11 @@ def user_errors(fn):
     return wrapper
 
 
+def examples(*lines: str) -> str:
+    """A help epilog of example command lines, one per line."""
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 Format = Annotated[str, typer.Option("--format", "-f", help="Output: table (Rich, or plain lines when "
                                      "not a terminal) or json (one JSON document on stdout).")]
 DataDir = Annotated[str | None, typer.Option("--data-dir", help="GLUE-format data directory "

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from sftune.artifacts import RunDir, atomic_write_json
 from sftune.cli import app
-from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
+from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, examples, user_errors
 from sftune.cli.render import print_results
 from sftune.config import build, load_yaml, parse_set, set_dotted
 from sftune.diff import apply_diff
@@ -20,7 +20,11 @@ from sftune.errors import UsageError
 from sftune.tasks import get_task
 
 
-@app.command("eval", help="Evaluate a run directory (its model/) or any model on TASK's dev split(s).")
+@app.command("eval", help="Evaluate a run directory (its model/) or any model on TASK's dev split(s).",
+             epilog=examples(
+    "sftune eval runs/x rte",
+    "sftune eval runs/x rte --from-diff    # base model + the sparse diff",
+    "sftune eval minilm rte --data-dir DIR --format json"))
 @user_errors
 def evaluate(
     target: Annotated[str, typer.Argument(help="A run directory written by 'sftune train', or a model "
@@ -31,7 +35,8 @@ def evaluate(
     validation_file: ValidationFile = None,
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where predictions and "
-                          "metrics go (default: RUN_DIR/eval-TASK, RUN_DIR/eval-TASK-from-diff, or runs/eval-MODEL-TASK).")] = None,
+                          "metrics go (default: RUN_DIR/eval-TASK, RUN_DIR/eval-TASK-from-diff, or "
+                          "runs/eval-MODEL-TASK).")] = None,
     from_diff: Annotated[bool, typer.Option("--from-diff", help="Rebuild the model as the run's base model plus "
                          "its diff.safetensors (the sparse artifact) instead of loading model/.")] = False,
     format_: Format = "table",
@@ -81,7 +86,8 @@ def evaluate(
     out = RunDir(output_dir or default_out)
     for split, rows in predictions.items():
         out.write_predictions(split, rows)
-    doc = {"model": cfg.model.name, "task": task_name, "source": source, "metrics": metrics, "output_dir": str(out.path),
+    doc = {"model": cfg.model.name, "task": task_name, "source": source, "metrics": metrics,
+           "output_dir": str(out.path),
            "predictions": {s: str(out.predictions / f"{s}.jsonl") for s in predictions}}
     atomic_write_json(out.path / "metrics.json", doc)
     if format_ == "json":

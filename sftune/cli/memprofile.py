@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from sftune.cli import app
-from sftune.cli.common import SetItems, user_errors
+from sftune.cli.common import SetItems, examples, user_errors
 from sftune.errors import UsageError
 
 _DEFAULT_METHODS = "full,bitfit,child-tuning-d,dps-dense,dps-mix,stochastic"
@@ -40,7 +40,10 @@ def _methods(text: str) -> list[str]:
 @app.command(help="Profile memory and step time of methods x batch sizes: each cell runs a few real training "
                   "steps on synthetic batches (batch x seq-len random token ids) in its own process, so peaks "
                   "are clean and an out-of-memory cell does not stop the others. TASK only sets the number of "
-                  "labels. --estimate computes the breakdown without running anything.")
+                  "labels. --estimate computes the breakdown without running anything.",
+             epilog=examples(
+    "sftune memprofile shape:roberta-base --methods full,bitfit,dps-mix,stochastic --batch-sizes 8,16 --cpu",
+    "sftune memprofile roberta-large --methods full,dps-mix --batch-sizes 16,32 --estimate"))
 @user_errors
 def memprofile(
     model: Annotated[str, typer.Argument(help="Local directory, Hub id, 'minilm', or a built-in random-weight "

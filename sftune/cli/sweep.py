@@ -19,11 +19,12 @@ from rich.text import Text
 from sftune import __version__
 from sftune.artifacts import RunDir, atomic_write_text
 from sftune.cli import app
-from sftune.cli.common import BatchSize, DataDir, Epochs, LearningRate, MaxSteps, Format, SetItems, TrainFile, ValidationFile, check_format, user_errors
+from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, SetItems, TrainFile,
+                               ValidationFile, check_format, examples, user_errors)
 from sftune.config import dump_yaml
 from sftune.sweep.case_study import case_study as run_case_study
 from sftune.sweep.case_study import plot as plot_case_study
-from sftune.sweep.case_study import require_matplotlib
+from sftune.plots import require_matplotlib
 from sftune.sweep.runner import Outcome, Runner, check_existing, state_of
 from sftune.sweep.spec import expand, grid_presets, make_spec
 from sftune.sweep.summary import Record, mean_std, summarize, write_files
@@ -188,7 +189,12 @@ def _raise_interrupt(signum, frame):
 @app.command(help="Run every method x grid point x seed as its own 'sftune train' run (J at a time), skip "
                   "finished runs and resume interrupted ones on a rerun, and report mean ± std per config and "
                   "the best config per method. MODEL may be a sweep YAML file instead (then TASK is optional). "
-                  "See docs/sweeps.md.")
+                  "See docs/sweeps.md.",
+             epilog=examples(
+    "sftune sweep minilm rte --data-dir DIR --method full,dps-mix --grid-preset dps-mix --seeds 5 --jobs 2",
+    "sftune sweep minilm rte --data-dir DIR --method full,bitfit --grid train.lr=1e-5,2e-5 --keep-weights diff",
+    "sftune sweep my-sweep.yaml --dry-run",
+    "sftune plot sweeps/minilm-rte -o sweep.png"))
 @user_errors
 def sweep(
     model: Annotated[str, typer.Argument(help="Model (as for 'sftune train'), or a sweep YAML file.")],

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, ReportTo, Seed,
-                               SetItems, TrainFile, ValidationFile, check_format, user_errors)
+from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, ReportTo, Seed, SetItems,
+                               TrainFile, ValidationFile, check_format, examples, user_errors)
 from sftune.cli.render import reporter_for, trainable_table
 from sftune.config import build, deep_merge, parse_reg, parse_set, set_dotted
 from sftune.engine.loop import Interrupted
@@ -47,7 +47,14 @@ def training_tree(model: str, task: str, method: str, preset: str | None, reg: l
     return tree
 
 
-@app.command(help="Fine-tune MODEL on TASK (" + ", ".join(TASKS) + ") and write a run directory.")
+@app.command(help="Fine-tune MODEL on TASK (" + ", ".join(TASKS) + ") and write a run directory.",
+             epilog=examples(
+    "sftune train minilm rte --data-dir ../shared/data/glue --method bitfit",
+    "sftune train roberta-large rte --method dps-mix --preset roberta",
+    "sftune train minilm rte --data-dir DIR --method stochastic --max-steps 200 --report-to tensorboard --plots",
+    "sftune train minilm rte --data-dir DIR --set train.lr=3e-5 --set train.eval_every=50 -o runs/x",
+    "sftune train minilm rte --data-dir DIR -o runs/x --resume    # continue after Ctrl-C",
+    "sftune train minilm rte --data-dir DIR --method bitfit --dry-run"))
 @user_errors
 def train(
     model: Annotated[str, typer.Argument(help="Hub id, local path, or 'minilm' (offline MiniLM weights).")],
@@ -92,6 +99,10 @@ def train(
            "data.stratified": True if stratified else None, "train.report_to": report_to,
            "train.keep_checkpoint": True if keep_checkpoint else None, "train.plots": True if plots else None}
     cfg = build(training_tree(model, task_name, method, preset, reg, set_, cli))
+    if cfg.train.plots and not dry_run:
+        from sftune.plots import require_matplotlib
+
+        require_matplotlib()  # before training, not after
     run_dir = RunDir(output_dir or default_output_dir(cfg))
     reporter = reporter_for(format_)
     try:

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, Seed, SetItems,
-                               TrainFile, ValidationFile, check_format, is_terminal, user_errors)
+from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, Seed, SetItems, TrainFile,
+                               ValidationFile, check_format, examples, is_terminal, user_errors)
 from sftune.cli.render import fmt, reporter_for
 from sftune.cli.train import training_tree
 from sftune.config import build
@@ -50,7 +50,10 @@ def transfer_table(doc: dict, names: list[str]) -> Table:
 
 @app.command(help="Train on an NLI task (mnli, snli) and evaluate on other NLI sets with the label mapping "
                   "(neutral and contradiction -> the non-entailment class of 2-way targets), or evaluate a "
-                  "trained RUN_DIR. Writes transfer.json and transfer/<target>.jsonl into the run directory.")
+                  "trained RUN_DIR. Writes transfer.json and transfer/<target>.jsonl into the run directory.",
+             epilog=examples(
+    "sftune transfer minilm --source mnli --data-dir DIR --targets rte,qnli",
+    "sftune transfer runs/minilm-mnli --targets rte"))
 @user_errors
 def transfer(
     model: Annotated[str, typer.Argument(help="A model to train (Hub id, local path, 'minilm'), or a run "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sftune.artifacts import read_jsonl
 from sftune.errors import UsageError
+from sftune.plots import require_matplotlib
 
 
 def easy_hard(run_dirs: list[Path]) -> dict[str, dict]:
@@ -44,17 +45,6 @@ def case_study(summary: dict, root: Path) -> dict:
                 if r["method"] == method and r["config"] == best["config"] and r["metrics"]]
         methods[method] = {"config": best["config"], "seeds": len(dirs), "splits": easy_hard(dirs)}
     return {"methods": methods}
-
-
-def require_matplotlib():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install matplotlib (or leave --plot out).") from None
-    return plt
 
 
 def plot(doc: dict, path: Path) -> Path:
