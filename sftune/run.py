@@ -14,6 +14,7 @@ from sftune.config import RunConfig, build, dump_yaml, load_yaml
 from sftune.diff import changed_counts, save_diff
 from sftune.engine.loop import Interrupted, Reporter, Trainer
 from sftune.errors import UsageError
+from sftune.trackers import with_trackers
 
 
 def default_output_dir(cfg: RunConfig) -> Path:
@@ -76,6 +77,8 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
     if resume and not resumed and main:
         run_dir.truncate_metrics(0)  # nothing to resume from: start over without duplicate step records
     manifest["resumed_from_step"] = trainer.state.step if resumed else None
+    if main and cfg.train.report_to:
+        reporter = trainer.reporter = with_trackers(reporter, cfg, run_dir)
     reporter.start(trainer.info())
     t0 = time.time()
     try:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sftune import trackers
 from sftune.artifacts import RunDir
 from sftune.cli import app
 from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, ReportTo, Seed, SetItems,
@@ -99,6 +100,7 @@ def train(
            "data.stratified": True if stratified else None, "train.report_to": report_to,
            "train.keep_checkpoint": True if keep_checkpoint else None, "train.plots": True if plots else None}
     cfg = build(training_tree(model, task_name, method, preset, reg, set_, cli))
+    trackers.parse(cfg.train.report_to)  # unknown or missing trackers fail now, not after loading the model
     if cfg.train.plots and not dry_run:
         from sftune.plots import require_matplotlib
 
