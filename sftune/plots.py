@@ -138,6 +138,12 @@ def plot_runs(paths: list[Path], out: Path) -> Path:
         h, l = ax.get_legend_handles_labels()
         if len(h) > len(handles):
             handles, labels = h, l
+    steps = [c[k][0] for runs in groups.values() for c in runs for k, _ in PANELS if k in c]
+    if steps:  # one step range for every panel (a lone evaluation would otherwise get a range of its own)
+        lo, hi = min(x.min() for x in steps), max(x.max() for x in steps)
+        pad = max((hi - lo) * 0.03, 0.5)
+        for ax in axes[:5]:
+            ax.set_xlim(lo - pad, hi + pad)
     axes[5].axis("off")
     axes[5].legend(handles, labels, loc="center", fontsize="small", frameon=False)
     fig.tight_layout()

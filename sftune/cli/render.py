@@ -104,7 +104,8 @@ class RichReporter(Reporter):
                                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                                  console=self.console, speed_estimate_period=600)
         self.task = self.progress.add_task("train", total=info["total_steps"], status="[dim]first step...")
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        # Rendered afresh on every refresh, so elapsed time and ETA move during a slow step or an evaluation.
+        self.live = Live(console=self.console, get_renderable=self._render, refresh_per_second=4, transient=False)
         self.live.start()
 
     def step(self, progress: dict) -> None:
@@ -117,12 +118,12 @@ class RichReporter(Reporter):
             if metric in self.last_eval:
                 status += f" · {metric} {fmt(self.last_eval[metric])}"
         self.progress.update(self.task, completed=step, status=status)
-        self.live.update(self._render())
+        self.live.refresh()
 
     def evaluating(self, step: int) -> None:
         self.progress.update(self.task, status=f"[yellow]evaluating {', '.join(self.info['eval_splits'])} "
                                                f"at step {step}...")
-        self.live.update(self._render(), refresh=True)
+        self.live.refresh()
 
     def _table(self) -> Table:
         table = Table(title_justify="left", expand=False)
@@ -154,7 +155,7 @@ class RichReporter(Reporter):
         else:
             self.records.append({**record, "eval": self.last_eval})
             self.selected = record.get("selected", self.selected)
-        self.live.update(self._render())
+        self.live.refresh()
 
     def finish(self, results: dict) -> None:
         if hasattr(self, "live"):
