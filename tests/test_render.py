@@ -40,7 +40,7 @@ def test_header_of_a_per_step_method_names_candidates_and_the_per_step_share():
     r = RichReporter(console)
     r.start(PER_STEP)
     r.live.refresh()
-    assert "candidates 400 (40.000%) · updated per step from step 2" in screen(console)
+    assert "candidates 400 (40.000%) · updated per step: selected % (first logged at step 2)" in screen(console)
     r.log(TRAIN)
     r.live.refresh()
     text = screen(console)

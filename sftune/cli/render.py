@@ -64,8 +64,9 @@ def headline(info: dict, selected: float | None = None) -> Text:
     all_ = info["trainable"]["all"]
     share = all_["trainable"] / max(all_["total"], 1)
     if info.get("selects_per_step"):
-        per_step = pct(selected) if selected is not None else f"from step {info.get('log_every', '?')}"
-        weights = f"candidates {all_['trainable']:,} ({pct(share)}) · updated per step {per_step}"
+        per_step = (f"updated per step {pct(selected)}" if selected is not None
+                    else f"updated per step: selected % (first logged at step {info.get('log_every', '?')})")
+        weights = f"candidates {all_['trainable']:,} ({pct(share)}) · {per_step}"
     else:
         weights = f"trainable {all_['trainable']:,} ({pct(share)})"
     return Text(f"{info['model']} · {info['task']} · {info['method']} ({info['mask_mode']} mode) · "
