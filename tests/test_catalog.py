@@ -67,7 +67,7 @@ def test_help_lists_commands_in_order_shows_flags_as_flags_and_ends_with_example
     positions = [stdout.index(f"│ {name} ") for name in order]
     assert positions == sorted(positions), stdout
     for command in (["train"], ["eval"], ["sweep"], ["analyze"], ["plot"], ["transfer"], ["memprofile"],
-                    ["methods"], ["presets", "ls"], ["presets", "show"], ["presets", "cp"]):
+                    ["methods"], ["presets"], ["presets", "ls"], ["presets", "show"], ["presets", "cp"]):
         code, stdout, _ = cli(*command, "--help")
         assert code == 0
         tail = stdout.rstrip().split("Examples:")[-1]

@@ -76,6 +76,7 @@ def _print_version(value: bool) -> None:
 @app.callback(epilog=examples("sftune train minilm rte --data-dir ../shared/data/glue --method bitfit",
                               "sftune eval runs/minilm-rte-bitfit-seed42 rte",
                               "sftune sweep minilm rte --data-dir DIR --method full,bitfit --seeds 3",
+                              "sftune plot runs/minilm-rte-bitfit-seed42",
                               "sftune methods",
                               "sftune COMMAND --help"))
 def _root(version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,

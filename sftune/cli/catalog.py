@@ -18,7 +18,9 @@ from sftune.errors import UsageError
 from sftune.presets import Preset, all_presets, load_preset
 from sftune.registry import describe_options, methods, regularizers
 
-presets_app = typer.Typer(help="List, show and copy hyperparameter presets.", no_args_is_help=True)
+presets_app = typer.Typer(help="List, show and copy hyperparameter presets.", no_args_is_help=True,
+                          epilog=examples("sftune presets ls", "sftune presets show roberta --task rte",
+                                          "sftune presets cp roberta my-roberta.yaml"))
 app.add_typer(presets_app, name="presets")
 
 
