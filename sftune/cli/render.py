@@ -170,6 +170,7 @@ class PlainReporter(Reporter):
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
+        self.info, self.first_step = {}, None
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -199,7 +200,7 @@ class PlainReporter(Reporter):
         for key, value in record.items():
             if key == "type" or (record["type"] == "train" and "/" in key):
                 continue
-            if key == "step":
+            if key == "step" and self.info:
                 value = f"{value}/{self.info['total_steps']}"
             elif key in SHARE_KEYS:
                 value = pct(value)
