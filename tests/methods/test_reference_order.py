@@ -112,10 +112,12 @@ def test_gradient_at_the_optimizer_step_follows_the_references_order(tiny_bert, 
     want = by_hand(reference_clips_first)
     other = by_hand(not reference_clips_first)
     assert want.keys() == got.keys()
-    worst = max(float((want[n] - got[n]).abs().max()) for n in want)
-    apart = max(float((other[n] - got[n]).abs().max()) for n in want)
-    assert worst < 1e-7, (worst, apart)
-    assert apart > 100 * max(worst, 1e-9), (worst, apart)
+    scale = max(float(g.abs().max()) for g in got.values())  # ~CLIP: gradient entries after clipping
+    worst = max(float((want[n] - got[n]).abs().max()) for n in want) / scale
+    apart = max(float((other[n] - got[n]).abs().max()) for n in want) / scale
+    assert worst < 1e-5, (worst, apart)
+    # Child-Tuning D masks only the encoder layers, so its two orders differ least (~1e-4 of the scale here).
+    assert apart > 10 * max(worst, 1e-7), (worst, apart)
 
 
 def test_child_tuning_f_three_steps_by_hand(tiny_bert, glue_dir):
