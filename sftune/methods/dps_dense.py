@@ -32,8 +32,9 @@ class DPSDense(DPSMethod):
                "mode freezes them exactly). sftune choices: U is at least 1 (tiny runs); exact budget with ties to "
                "the lower index; GAM in bfloat16 by default (method.gam_dtype=float32 for the reference's float32; "
                "measured top-set agreement in docs/methods.md) and freed once the mask is computed; bool mask, "
-               "bit-packed in checkpoints; state keyed by parameter name. Reference script (--preset dps reproduces it): "
-               "p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, float32 GAM, dropout 0 but 0.1 when "
+               "bit-packed in checkpoints; state keyed by parameter name. Update mode also masks the gradient "
+               "before clipping (sftune choice: the same clipping norm as grad mode). Reference script (--preset dps "
+               "reproduces it): p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, float32 GAM, dropout 0 but 0.1 when "
                "the script's steps are >= 2000, and in low-resource runs U from one epoch's steps (method."
                "dropout_rule, method.stage_steps); sftune's defaults keep the model's dropout, U = int(T*ur) and "
                "a bfloat16 GAM.")
