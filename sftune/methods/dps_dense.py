@@ -34,8 +34,9 @@ class DPSDense(DPSMethod):
                "measured top-set agreement in docs/methods.md) and freed once the mask is computed; bool mask, "
                "bit-packed in checkpoints; state keyed by parameter name. Update mode also masks the gradient "
                "before clipping (sftune choice: the same clipping norm as grad mode). Reference script (--preset dps "
-               "reproduces it): p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, float32 GAM, dropout 0 but 0.1 when "
-               "the script's steps are >= 2000, and in low-resource runs U from one epoch's steps (method."
+               "reproduces it): p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, float32 GAM, "
+               "dropout 0 but 0.1 when the script's steps are >= 2000, and in low-resource runs U from one epoch's "
+               "steps (method."
                "dropout_rule, method.stage_steps); sftune's defaults keep the model's dropout, U = int(T*ur) and "
                "a bfloat16 GAM.")
 
