@@ -62,14 +62,17 @@ def test_every_shipped_preset_builds_for_every_task_it_names():
     from sftune.tasks import TASKS
 
     presets = all_presets()
-    assert {"bert", "roberta", "electra", "bart", "deberta", "stochastic-tuning", "dps"} <= set(presets)
+    assert {"bert", "roberta", "electra", "bart", "deberta", "stochastic-tuning", "dps", "child-tuning",
+            "bitfit"} <= set(presets)
     for name in presets:
         preset = load_preset(name)
         for task in preset.tasks or ["rte"]:
             assert task in TASKS
-            t = deep_merge({"model": {"name": "m"}, "task": task, "method": {"name": "full"}}, preset.for_task(task))
-            t.pop("regs", None)  # regularisers are validated where they are applied
-            build(t)
+            for method in ["full", *preset.methods]:
+                t = deep_merge({"model": {"name": "m"}, "task": task, "method": {"name": method}},
+                               preset.for_task(task, method))
+                t.pop("regs", None)  # regularisers are validated where they are applied
+                build(t)
 
 
 def test_roberta_preset_values_match_the_paper_table():

@@ -34,7 +34,7 @@ def training_tree(model: str, task: str, method: str, preset: str | None, reg: l
     tree: dict = deep_merge(base or {}, {"model": {"name": model}, "task": task, "method": {"name": method}})
     if preset:
         found = load_preset(preset)
-        tree = deep_merge(tree, found.for_task(task))
+        tree = deep_merge(tree, found.for_task(task, method))
         tree["preset"] = found.name
     for key, value in options.items():
         if value is not None:

@@ -1,8 +1,10 @@
 """The training loop: accelerate for devices, mixed precision and accumulation; plugins for the methods.
 
-    build()   seed -> tokenizer -> model -> data -> method.setup -> trainable -> optimizer -> schedule
+    build()   seed -> tokenizer -> model -> data -> setup (method, regs) -> after_setup (scoring passes)
+              -> trainable -> optimizer -> schedule
     train()   for each optimizer step: before_forward, forward, extra_loss, backward (accumulated);
-              unscale; after_backward (masks); clip; optimizer step (or a plugin's); schedule; after_step;
+              unscale; after_backward (masks); clip; after_clip (Child-Tuning's masks); optimizer step
+              (or a plugin's); schedule; after_step;
               log, evaluate, checkpoint
 """
 
@@ -119,6 +121,8 @@ class Trainer:
                          head=head_prefixes(self.model))
         for plugin in self.plugins:
             plugin.setup(ctx)
+        for plugin in self.plugins:  # scoring passes see the model every plug-in has changed (methods.md 0)
+            plugin.after_setup()
         for name, p in self.model.named_parameters():
             votes = [v for v in (pl.trainable(name, p) for pl in self.plugins) if v is not None]
             p.requires_grad_(all(votes) if votes else True)
@@ -278,14 +282,18 @@ class Trainer:
                 acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
                 for plugin in self.plugins:
                     plugin.after_backward(step)
-                if self.mask_check.active:  # per-parameter masks are derived on demand: only if checked
-                    self.mask_check.check(step, getattr(self.method, "masks", None))
             measure = self.cfg.train.measure_changed and self._is_log_step(step)
             if measure:
                 self.meter.take_snapshot()
             with timer("optimizer"):
                 if self.cfg.train.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.trainable_params, self.cfg.train.max_grad_norm)
+            with timer("selection"):
+                for plugin in self.plugins:  # masks of references that clip the full gradient first
+                    plugin.after_clip(step)
+                if self.mask_check.active:  # per-parameter masks are derived on demand: only if checked
+                    self.mask_check.check(step, getattr(self.method, "masks", None))
+            with timer("optimizer"):
                 if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
                     self.optimizer.step()
                 self.scheduler.step()

@@ -3,13 +3,18 @@
 The training loop calls, for every plugin (the method first, then regularisers in the order given):
 
     setup(ctx)                   once, after the model is built and before the optimizer exists
+    after_setup()                once, after every plug-in's setup: passes that score the model (Child-Tuning
+                                 D's Fisher) run here, so they see the model as it is trained (re-initialised
+                                 layers, dropout changed by other plug-ins)
     trainable(name, param)       choose trainable parameters (method only; None = no opinion)
     param_groups(groups)         adjust optimizer parameter groups (e.g. layer-wise LR decay)
     on_optimizer(optimizer)      once, when the optimizer exists (e.g. give it masks)
     before_forward(step)         change the weights a forward sees (Mixout, DPS Mix)
     extra_loss(model, batch, out) -> Tensor | None     add loss terms (R3F, R-Drop)
     after_backward(step)         gradients of one optimizer step are accumulated and unscaled,
-                                 not yet clipped: masks act here
+                                 not yet clipped: masks act here (DPS, Random/Top/Stochastic Tuning)
+    after_clip(step)             the gradients are clipped, the optimizer has not stepped: masks of
+                                 references that clip the full gradient first act here (Child-Tuning)
     optimizer_step(optimizer) -> bool   replace the optimizer step (exact sparse updates); True = done
     after_step(step)             after the optimizer and scheduler stepped
     train_mode() / eval_mode()   around evaluation (Mixout evaluates the raw weights)
@@ -62,6 +67,9 @@ class Hooks:
     def setup(self, ctx: RunContext) -> None:
         self.ctx = ctx
 
+    def after_setup(self) -> None:
+        pass
+
     def trainable(self, name: str, param: nn.Parameter) -> bool | None:
         return None
 
@@ -78,6 +86,9 @@ class Hooks:
         return None
 
     def after_backward(self, step: int) -> None:
+        pass
+
+    def after_clip(self, step: int) -> None:
         pass
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:

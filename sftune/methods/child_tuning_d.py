@@ -23,15 +23,22 @@ class ChildTuningDOptions:
 @register
 class ChildTuningD(MaskedMethod):
     name = "child-tuning-d"
-    summary = "Child-Tuning D: a Fisher-information mask over the encoder layers, computed once, fixed for the run."
+    summary = ("Child-Tuning D: a Fisher-information mask over the encoder layers, computed once, fixed for the run, "
+               "applied after clipping. Defaults warm up; the reference does not: --preset child-tuning.")
     details = ("Xu et al. 2021 (PKUnlp-icler/ChildTuning). Before training, one pass over the shuffled training "
                "set in train mode: per batch each candidate gradient is clipped to max_grad_norm separately and "
-               "F += g^2 / n_batches. Candidates: parameters whose name contains 'layer' (encoder layers); "
-               "embeddings, pooler and head always train. One global threshold tau = the (1-p) quantile of all "
-               "candidate scores (NumPy percentile, linear interpolation, computed on the device); M = F >= tau. "
+               "F += g^2 / n_batches. The pass runs after every plug-in's setup, so it scores the model that is "
+               "trained (re-initialised layers, dropout set by regularisers). Candidates: parameters whose name "
+               "contains 'layer' (encoder layers); embeddings, pooler and head always train. One global threshold "
+               "tau = the (1-p) quantile of all candidate scores (NumPy percentile, linear interpolation, computed "
+               "on the device); M = F >= tau. As in the reference (ChildTuningOptimizer.py:55-64) the mask acts "
+               "after clipping the full gradient; update mode (sftune choice) keeps that order and updates only "
+               "the masked entries. The reference trainer has no warmup (warmup_steps 0): --preset child-tuning "
+               "reproduces that, sftune's default keeps train.warmup_ratio 0.1. "
                "The mask is kept as bool (1 B per candidate entry) and saved bit-packed in checkpoints.")
     Options = ChildTuningDOptions
     flat_capable = True  # select() returns a FlatMask
+    mask_after_clip = True  # the reference masks inside optimizer.step(), after the trainer clipped
 
     def candidate(self, name, param) -> bool:
         return "layer" in name and self.ctx.groups[name] != "head"
@@ -42,9 +49,11 @@ class ChildTuningD(MaskedMethod):
         super().setup(ctx)
         if not self.candidates:
             raise UsageError("method child-tuning-d: the model has no parameters whose name contains 'layer'.")
-        # Before the optimizer and before accelerate wraps the model (a backward through the unwrapped
-        # model of a DDP run would confuse DDP's reducer). A resumed run recomputes the same mask and then
-        # loads the saved one.
+
+    def after_setup(self) -> None:
+        # After every plug-in's setup (the model as it is trained), before the optimizer and before accelerate
+        # wraps the model (a backward through the unwrapped model of a DDP run would confuse DDP's reducer).
+        # A resumed run recomputes the same mask and then loads the saved one.
         self._fisher_pass()
 
     def _fisher_pass(self) -> None:

@@ -21,15 +21,21 @@ class ChildTuningFOptions:
 @register
 class ChildTuningF(MaskedMethod):
     name = "child-tuning-f"
-    summary = "Child-Tuning F: every step each gradient entry is kept with probability p and rescaled by 1/p."
-    details = ("Xu et al. 2021 (PKUnlp-icler/ChildTuning). M ~ Bernoulli(p) element-wise per step for every "
-               "parameter outside the head (the head trains densely: methods.md section 0), g <- g * M * (1/p) (the "
-               "reference multiplies by M / p, i.e. by the float 1/p, too). "
-               "In update mode the same rescaled gradient drives an update of the kept entries only. "
+    summary = ("Child-Tuning F: every step each gradient entry (head included) is kept with probability p and "
+               "rescaled by 1/p, after clipping. Defaults warm up; the reference does not: --preset child-tuning.")
+    details = ("Xu et al. 2021 (PKUnlp-icler/ChildTuning). Every step, for every parameter the optimizer holds "
+               "(the classifier, embeddings, biases and LayerNorms too, as the reference's ChildTuningAdamW does), "
+               "M ~ Bernoulli(p) element-wise and g <- g * M * (1/p) (the reference multiplies by M / p, i.e. by the "
+               "float 1/p, too). As in the reference (ChildTuningOptimizer.py:55-64) the mask acts after clipping: "
+               "the clip sees the full, unmasked gradient. Update mode (sftune choice): the same order and the "
+               "same rescaled gradient, and only the kept entries are updated. The reference trainer passes "
+               "warmup_steps (default 0) to its scheduler, so its runs have no warmup: --preset child-tuning "
+               "reproduces that, sftune's default keeps train.warmup_ratio 0.1. "
                "Bernoulli draws use 16-bit random words (probability resolution 2^-16).")
     Options = ChildTuningFOptions
 
     flat_capable = True  # select() returns a FlatMask, already applied
+    mask_after_clip = True  # the reference masks inside optimizer.step(), after the trainer clipped
 
     def setup(self, ctx) -> None:
         if not 0 < self.options.p <= 1:
@@ -41,7 +47,7 @@ class ChildTuningF(MaskedMethod):
         self.mask = FlatBuffer({n: p.shape for n, p in self.candidates.items()}, torch.bool, device, fill=None)
 
     def candidate(self, name, param) -> bool:
-        return self.ctx.groups[name] != "head"
+        return True  # every parameter, head included (frozen ones get no gradient and are skipped)
 
     def select(self, step):
         # The mask is drawn over the candidates laid end to end and applied while each chunk is in cache, to

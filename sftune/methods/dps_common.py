@@ -3,7 +3,9 @@ the options both take, and the stage machinery on top of `MaskedMethod`.
 
 Schedule, in optimizer steps t = 1..T:
 
-    U = max(1, int(T * ur))     stage length (sftune: at least 1, so tiny smoke runs still alternate)
+    U = max(1, int(T * ur))     stage length (sftune: at least 1, so tiny smoke runs still alternate);
+                                with stage_steps=reference, T is the reference script's config.max_steps
+                                (one epoch's steps in low-resource runs: `script_steps`)
     s = ceil(t / U)             stage index; odd = Stage I, even = Stage II; cycle = (s + 1) // 2
 
 GAM/FAM are reset when a cycle starts (every odd stage) and freed as soon as the Stage II mask is computed
@@ -36,6 +38,8 @@ from sftune.select import pack_bits, top_fraction_mask, unpack_bits
 
 GAM_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 GAM_ROUNDINGS = ("nearest", "stochastic")
+STAGE_STEPS = ("run", "reference")
+DROPOUT_RULES = ("model", "reference")
 _SR_CHUNK = 1 << 18  # CPU: entries per chunk of the bfloat16 GAM accumulation (temporaries ~1 MiB each)
 
 
@@ -43,6 +47,14 @@ _SR_CHUNK = 1 << 18  # CPU: entries per chunk of the bfloat16 GAM accumulation (
 def stage_length(total_steps: int, ur: float) -> int:
     """U = int(T * ur) as the reference computes it, but at least 1 (U = 0 would divide by zero)."""
     return max(1, int(total_steps * ur))
+
+
+def script_steps(total_steps: int, train_size: int | None, batch_size: int) -> int:
+    """The step count the reference script writes into the model config (`config.max_steps`,
+    run_trainer.py:357-360), from which it takes U and DPS Dense's dropout: one epoch's steps
+    ceil(train_size / batch) in low-resource runs (which still train three epochs), else the run's total steps
+    (its full-data scripts pass --max_steps = three epochs' steps)."""
+    return math.ceil(int(train_size) / int(batch_size)) if train_size else int(total_steps)
 
 
 def stage_of(step: int, U: int) -> int:
@@ -168,6 +180,16 @@ class DPSOptions:
                                choices=GAM_ROUNDINGS)
     head: bool = option(True, "Mask the task head's Linear weights too (methods.md lists the head among the masked "
                               "Linears); false trains the head densely.")
+    stage_steps: str = option("run", "The step count U is a share of: 'run' = the run's optimizer steps T; "
+                                     "'reference' = the reference script's (run_trainer.py:357-360): one epoch's "
+                                     "steps ceil(train_size / batch) when data.train_size is set (low-resource "
+                                     "runs, which still train 3 epochs: U = 1 at 500 examples), else T.",
+                              choices=STAGE_STEPS)
+    dropout_rule: str = option("model", "'model' keeps the model's dropout (model.dropout); 'reference' applies "
+                                        "the reference script's rule (run_trainer.py:345-364): dropout 0 for dps-mix, "
+                                        "and for dps-dense 0, or 0.1 when the script's step count (stage_steps="
+                                        "reference) is at least 2000 (full SST-2, QNLI, QQP, MNLI).",
+                               choices=DROPOUT_RULES)
 
 
 # ------------------------------------------------------------------------------------------ the base
@@ -185,9 +207,11 @@ class DPSMethod(MaskedMethod):
         if self.options.gam_dtype not in GAM_DTYPES:
             raise UsageError(f"{self.name}: method.gam_dtype must be one of {', '.join(GAM_DTYPES)}, "
                              f"got '{self.options.gam_dtype}'.")
-        if self.options.gam_rounding not in GAM_ROUNDINGS:
-            raise UsageError(f"{self.name}: method.gam_rounding must be one of {', '.join(GAM_ROUNDINGS)}, "
-                             f"got '{self.options.gam_rounding}'.")
+        for key, allowed in (("gam_rounding", GAM_ROUNDINGS), ("stage_steps", STAGE_STEPS),
+                             ("dropout_rule", DROPOUT_RULES)):
+            value = getattr(self.options, key)
+            if value not in allowed:
+                raise UsageError(f"{self.name}: method.{key} must be one of {', '.join(allowed)}, got '{value}'.")
 
     # ------------------------------------------------------------------------------------------ set up
     def setup(self, ctx: RunContext) -> None:
@@ -198,7 +222,16 @@ class DPSMethod(MaskedMethod):
                               if id(p) in ids and (self.options.head or not n.startswith(ctx.head or ("\0",)))}
         super().setup(ctx)
         self.p = float(self.options.p)
-        self.U = stage_length(ctx.total_steps, self.options.ur)
+        cfg = ctx.config
+        steps = ctx.total_steps
+        if self.options.stage_steps == "reference":
+            steps = script_steps(ctx.total_steps, cfg.data.train_size, cfg.train.batch_size)
+        self.U = stage_length(steps, self.options.ur)
+        if self.options.dropout_rule == "reference":
+            from sftune.models import set_dropout_modules
+
+            ref_steps = script_steps(ctx.total_steps, cfg.data.train_size, cfg.train.batch_size)
+            set_dropout_modules(ctx.model, self.reference_dropout(ref_steps))
         self.total_steps = int(ctx.total_steps)
         self.gam_dtype = GAM_DTYPES[self.options.gam_dtype]
         self.stage = 0  # no stage entered yet
@@ -210,6 +243,10 @@ class DPSMethod(MaskedMethod):
 
     def candidate(self, name: str, param: torch.nn.Parameter) -> bool:
         return name in self._linear_names
+
+    def reference_dropout(self, script_steps: int) -> float:
+        """The dropout the reference script sets for this method (run_trainer.py:345-364)."""
+        return 0.0
 
     def trained(self) -> dict[str, torch.nn.Parameter]:
         """Masked parameters that train (another plug-in may have frozen some)."""

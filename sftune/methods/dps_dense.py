@@ -32,12 +32,20 @@ class DPSDense(DPSMethod):
                "mode freezes them exactly). sftune choices: U is at least 1 (tiny runs); exact budget with ties to "
                "the lower index; GAM in bfloat16 by default (method.gam_dtype=float32 for the reference's float32; "
                "measured top-set agreement in docs/methods.md) and freed once the mask is computed; bool mask, "
-               "bit-packed in checkpoints; state keyed by parameter name. Recipe: p 0.3, ur 0.05, lr 2e-5, bs 16, "
-               "3 epochs, warmup 10%, wd 0.01, dropout 0 (--set model.dropout=0).")
+               "bit-packed in checkpoints; state keyed by parameter name. Update mode also masks the gradient "
+               "before clipping (sftune choice: the same clipping norm as grad mode). Reference script (--preset dps "
+               "reproduces it): p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, float32 GAM, "
+               "dropout 0 but 0.1 when the script's steps are >= 2000, and in low-resource runs U from one epoch's "
+               "steps (method."
+               "dropout_rule, method.stage_steps); sftune's defaults keep the model's dropout, U = int(T*ur) and "
+               "a bfloat16 GAM.")
 
     @dataclass
     class Options(DPSOptions):
         pass
+
+    def reference_dropout(self, script_steps: int) -> float:
+        return 0.1 if script_steps >= 2000 else 0.0  # run_trainer.py:362-364: long runs keep BERT's 0.1
 
     def _start_stage_one(self, stage: int) -> None:
         self.stage_masks = {}

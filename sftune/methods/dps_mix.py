@@ -82,7 +82,10 @@ class DPSMix(DPSMethod):
                "least 1; exact budgets, ties to the lower index; GAM bfloat16 by default, FAM int32 per column; W0 "
                "taken when the optimizer exists (after re-initialisation), parked on disk during Stage II (method.w0_store) "
                "and dropped once no Stage I is left. "
-               "Recipe: p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, wd 0.01, dropout 0.")
+               "Reference script (--preset dps reproduces it): p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, "
+               "wd 0.01, float32 GAM, dropout 0, and in low-resource runs U from one epoch's steps (method."
+               "dropout_rule, method.stage_steps); sftune's defaults keep the model's dropout, U = int(T*ur) and "
+               "a bfloat16 GAM.")
 
     @dataclass
     class Options(DPSOptions):

@@ -15,11 +15,15 @@ A subclass implements
 
 and this base class applies them (methods.md section 0):
 
-* `grad` mode (reference): `g <- g * M` after backward and before clipping and AdamW, as the authors' code
-  does. AdamW's momentum and decoupled weight decay still move unselected entries.
+* `grad` mode (reference): `g <- g * M` where the authors' code does it. AdamW's momentum and decoupled
+  weight decay still move unselected entries.
 * `update` mode (exact): the masks go to `MaskedAdamW`, which updates only selected entries (their moments,
   bias correction and weight decay only), so exactly the selected entries change. The gradient is masked
-  too, so clipping sees the same norm as in grad mode.
+  too, at the same place as in grad mode, so clipping sees the same norm in both modes (sftune choice).
+
+Where: by default after backward and before clipping (DPS, Random/Top/Stochastic Tuning: the clip sees the
+masked gradient). A method with `mask_after_clip` (Child-Tuning, whose reference masks inside
+`optimizer.step()`) selects and masks in `after_clip`: the clip sees the full gradient (methods.md section 0).
 
 A flat selection is applied to the flat gradient buffer (`flat_grads.py`) when the method declares
 `flat_capable` and the run uses one: a few kernels for the whole model instead of a few per parameter.
@@ -38,7 +42,7 @@ from sftune.methods.flat_grads import FlatGrads, wanted
 from sftune.select import FlatBuffer, split_sorted
 
 
-_UNCHECKED = object()  # flat_grad() outside after_backward: check the gradient views now
+_UNCHECKED = object()  # flat_grad() outside select_and_mask: check the gradient views now
 
 
 class FlatIndices:
@@ -66,6 +70,7 @@ class FlatMask:
 
 class MaskedMethod(Method):
     flat_capable = False  # select() returns FlatIndices / FlatMask, which the flat gradient buffer can take
+    mask_after_clip = False  # select and mask after clipping the full gradient (the reference's order)
 
     def candidate(self, name: str, param: torch.nn.Parameter) -> bool:
         raise NotImplementedError
@@ -85,7 +90,7 @@ class MaskedMethod(Method):
         use = (self.flat_capable and self.candidates and FlatGrads.supported(self.candidates)
                and wanted(setting, next(iter(self.candidates.values())).device, ctx.accelerator.num_processes))
         self.flat_grads = FlatGrads(self.candidates) if use else None
-        self._step_flat_grad = _UNCHECKED  # inside after_backward: this step's one check of the views
+        self._step_flat_grad = _UNCHECKED  # inside select_and_mask: this step's one check of the views
 
     def on_optimizer(self, optimizer) -> None:
         if self.mask_mode == "update":
@@ -101,6 +106,15 @@ class MaskedMethod(Method):
         fg = self.flat_grads
         if fg is not None and fg.buffer is None:
             fg.build()  # the first step ran with ordinary gradients: it showed which candidates get one
+        if not self.mask_after_clip:
+            self.select_and_mask(step)
+
+    def after_clip(self, step: int) -> None:
+        if self.mask_after_clip:
+            self.select_and_mask(step)
+
+    def select_and_mask(self, step: int) -> None:
+        """This step's selection, applied to the gradients (and, in update mode, given to the optimizer)."""
         # The views are checked once for the whole step (a pointer comparison per candidate): select() and
         # the scores read the answer through flat_grad() instead of repeating the check.
         self._step_flat_grad = flat = self._check_flat_grad()
@@ -108,8 +122,7 @@ class MaskedMethod(Method):
             self.set_selection(self.select(step))
         finally:
             self._step_flat_grad = _UNCHECKED
-        # Both modes zero the gradient outside the mask before clipping, so the clipping norm is the
-        # reference's (the norm of the masked gradient).
+        # Both modes zero the gradient outside the mask here, so clipping sees the same norm in both.
         sel = self._selection
         if isinstance(sel, (FlatIndices, FlatMask)) and flat is not None:
             sel.apply_(flat)

@@ -12,7 +12,9 @@ class RandomTuning(BudgetMethod):
     summary = "Random Tuning: k entries chosen uniformly at random, re-drawn every step (k = BitFit count)."
     details = ("Baseline of the Stochastic Tuning paper (Akbar-Tajari & Pilehvar 2024). Exact uniform sampling "
                "of k distinct entries among the candidates (Linear and LayerNorm parameters; embeddings "
-               "excluded by default); the head trains densely.")
+               "excluded by default); the head trains densely. "
+               "The mask acts before clipping (the clip sees the masked gradient), in both mask modes "
+               "(update mode: sftune choice).")
 
     def select(self, step):
         n = sum(p.numel() for p in self.candidates.values())

@@ -19,7 +19,9 @@ class StochasticTuning(ScoredMethod):
                "or, with flat gradients (CUDA), exponential keys and one exact top-k. mu: mean |input| over batch and "
                "non-padding tokens per input feature (sftune choice; --set method.signed_mu=true for the signed "
                "mean). If fewer than k entries have non-zero importance, all of them are taken and the rest "
-               "drawn uniformly among the others (sftune choice).")
+               "drawn uniformly among the others (sftune choice). "
+               "The mask acts before clipping (the clip sees the masked gradient), in both mask modes "
+               "(update mode: sftune choice).")
 
     # The sampler reads I^2 block by block (ImportanceWeights): no 4 B/candidate buffer, unless the run keeps
     # flat gradients: then one buffer (same padded layout and values), sampled with exponential keys.

@@ -12,7 +12,9 @@ class TopTuning(ScoredMethod):
     summary = "Top Tuning: the k entries of highest importance |mu * W * g|, every step (k = BitFit count)."
     details = ("Akbar-Tajari & Pilehvar 2024. Exact top-k (ties to the lower index) of the importance over all "
                "candidate entries (Linear and LayerNorm parameters; embeddings excluded by default); the head "
-               "trains densely.")
+               "trains densely. "
+               "The mask acts before clipping (the clip sees the masked gradient), in both mask modes "
+               "(update mode: sftune choice).")
 
     def select(self, step):
         return FlatIndices(topk_indices(self.scores(), self.k, self.generator))

@@ -422,7 +422,7 @@ class Planner:
         s = self.spec
         tree: dict = {"model": {"name": s.model}, "task": s.task, "method": {"name": method}}
         if self.preset:
-            tree = deep_merge(tree, self.preset.for_task(s.task))
+            tree = deep_merge(tree, self.preset.for_task(s.task, method))
             tree["preset"] = self.preset.name
         for key, value in s.options.items():
             if key == "stratified":

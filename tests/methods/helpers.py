@@ -8,12 +8,15 @@ from sftune.config import build
 from sftune.engine.loop import Trainer
 
 
-def make_trainer(model_path, glue_dir, method: str, mask_mode: str = "grad", steps: int = 4, **sets) -> Trainer:
+def make_trainer(model_path, glue_dir, method: str, mask_mode: str = "grad", steps: int = 4,
+                 regs: list[dict] | None = None, **sets) -> Trainer:
     tree = {"model": {"name": str(model_path)}, "task": "rte",
             "method": {"name": method, "mask_mode": mask_mode},
             "data": {"data_dir": str(glue_dir), "train_size": 32, "eval_batch_size": 128},
             "train": {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "scheduler": "constant", "warmup_ratio": 0.0,
                       "log_every": 1}}
+    if regs:
+        tree["regs"] = regs
     for key, value in sets.items():
         section, _, field = key.partition("__")
         tree.setdefault(section, {})[field] = value
