@@ -12,12 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--shape", "tiny", "--steps", "3", "--flat-grads", "on"]
 
 
-@pytest.fixture(scope="module")
-def smoke():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "bench" / "gpu" / "smoke.py")
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"gpu_{name}", ROOT / "bench" / "gpu" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load("smoke")
 
 
 def run(smoke, tmp_path, *extra):
@@ -26,7 +30,7 @@ def run(smoke, tmp_path, *extra):
     return code, json.loads(out.read_text())
 
 
-def test_every_method_mode_and_precision_passes_on_cpu(smoke, tmp_path):
+def test_every_method_mode_and_precision_passes_on_cpu(smoke, tmp_path, capsys):
     from sftune.registry import methods
 
     code, doc = run(smoke, tmp_path)
@@ -45,6 +49,13 @@ def test_every_method_mode_and_precision_passes_on_cpu(smoke, tmp_path):
     dps = cells[("fp32", "dps-mix", "update")]["dps"]
     # U = int(6 steps planned * 0.25) = 1: Stage I, II, I again (dps-mix reads W0 back); CPU: chunked GAM update.
     assert dps["stage_two_steps"] == [2] and dps["multi_tensor_gam"] is False
+
+    # The summary the device run writes: one table row per method, the pass count.
+    capsys.readouterr()
+    assert load("summarize").main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(cells)}/{len(cells)} cells pass" in text
+    assert all(f"| {m} | ok " in text for m in methods())
 
 
 def test_update_mode_check_catches_an_optimizer_that_ignores_the_mask(smoke, tmp_path, monkeypatch):
