@@ -44,7 +44,15 @@ if [ "${GPU_CHECK_DRY:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
     fi
 else
     export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-    say "no .whl/ carried: the image's packages only (datasets is not in it: share/time stages will fail)"
+    [ "${GPU_CHECK_DRY:-0}" = 1 ] ||
+        say "no .whl/ carried: the image's packages only (datasets is not in it: share/time stages will fail)"
+fi
+# sftune's CLI (memprofile) with the image's typer, else with the carried typer 0.29 stack.
+if ! $PY -c "import sftune.cli" >>"$OUT/log.txt" 2>&1 && compgen -G ".whl/typer/*.whl" >/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+        .whl/typer/*.whl >>"$OUT/log.txt" 2>&1
+    export PYTHONPATH=$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
+    say "sftune.cli did not import with the image's typer: installed .whl/typer ($(ls .whl/typer | tr '\n' ' '))"
 fi
 GLUE=${GLUE:-}
 for g in .gpu-carry/glue ../shared/data/glue; do
@@ -91,6 +99,7 @@ stage() {
     esac
     printf '%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - t0))" >>"$OUT/stages.tsv"
     say "$name: $status after $(($(date +%s) - t0))s"
+    [ "$status" = ok ] || tail -n 8 "$WORK/$name.log"  # in the call's output too: decide on a rerun at once
     pack
 }
 
@@ -134,7 +143,10 @@ run_stage() {
             --batch-size "${1#time}" $rte --json "$WORK/step_time-bs${1#time}.json" ;;
         mem-base16 | mem-base32) stage "$1" 90 memprofile roberta-base "$MEM_BASE" "${1#mem-base}" ;;
         mem-large16 | mem-large32) stage "$1" 120 memprofile roberta-large "$MEM_LARGE" "${1#mem-large}" ;;
-        *) say "unknown stage '$1' (stages: env smoke share16 time16 time32 mem-base16 mem-base32 mem-large16 mem-large32)" ;;
+        *)
+            printf '%s\tskipped: unknown stage\t0\n' "$1" >>"$OUT/stages.tsv"
+            say "unknown stage '$1' (stages: env smoke share16 time16 time32 mem-base16 mem-base32 mem-large16 mem-large32)"
+            ;;
     esac
 }
 
@@ -153,5 +165,8 @@ timeout 60 $PY bench/gpu/summarize.py "$WORK" >"$OUT/summary.md" 2>>"$OUT/log.tx
 pack
 cat "$OUT/stages.tsv"
 redo=$(awk -F'\t' 'NR > 1 && $2 != "ok" {printf "%s ", $1}' "$OUT/stages.tsv")
-[ -n "$redo" ] && say "not ok: ${redo}-> rerun with: bash bench/gpu/run.sh ${redo}"
 say "done in $(($(date +%s) - START))s"
+if [ -n "$redo" ]; then
+    say "not ok: ${redo}-> rerun with: bash bench/gpu/run.sh ${redo}"
+    exit 1
+fi

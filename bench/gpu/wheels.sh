@@ -2,6 +2,8 @@
 # Stage here what the GPU check carries to the offline device machine (docs/gpu-check.md), in the repo root:
 #   .whl/                 the wheels its image lacks: datasets and its two needs the image does not have (dill,
 #                         multiprocess); every other dependency of sftune is in the image (device KINDS.md)
+#   .whl/typer/           typer 0.29 (the version pyproject.toml asks for) and its pydantic stack, installed by
+#                         run.sh only if sftune's CLI does not import with the image's own typer (version unknown)
 #   .gpu-carry/glue/RTE   the real RTE files that bench/step_share.py and bench/step_time.py train on
 # Both paths are git-ignored, so they travel only when the run call names them in `carry`.
 #
@@ -16,13 +18,22 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-"datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19"}
+TYPER=${TYPER:-"typer==0.29.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+    annotated-doc==0.0.7 typing-extensions==4.16.0"}
 GLUE=${GLUE:-$ROOT/../shared/data/glue}
 
-rm -rf .whl && mkdir -p .whl
-# shellcheck disable=SC2086 # word splitting of the package list is wanted
-$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl $WHEELS ${EXTRA_WHEELS:-}
+download() {  # DIR PACKAGE...: wheels for the device's CPython 3.12 on x86-64, without their dependencies
+    local dir=$1
+    shift
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$dir" "$@"
+}
+rm -rf .whl && mkdir -p .whl/typer
+# shellcheck disable=SC2086 # word splitting of the package lists is wanted
+download .whl $WHEELS ${EXTRA_WHEELS:-}
+# shellcheck disable=SC2086
+download .whl/typer $TYPER
 
 if [ ! -f "$GLUE/RTE/train.tsv" ]; then
     echo "wheels.sh: no RTE files at $GLUE/RTE (set GLUE=the folder holding RTE/train.tsv)" >&2
@@ -31,7 +42,7 @@ fi
 rm -rf .gpu-carry && mkdir -p .gpu-carry/glue/RTE
 cp "$GLUE"/RTE/*.tsv .gpu-carry/glue/RTE/
 
-ls -la .whl .gpu-carry/glue/RTE
+ls -la .whl .whl/typer .gpu-carry/glue/RTE
 kib=$(du -sk .whl .gpu-carry | awk '{s += $1} END {print s}')
 echo "staged: ${kib} KiB (.whl + .gpu-carry)"
 if [ "$kib" -gt 16384 ]; then
