@@ -33,7 +33,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -91,8 +90,7 @@ class Probe:
     """Wraps one method's after_backward/after_step (instance attributes: the class is untouched) and keeps
     per-step device-side counts; `.item()` once per count and step."""
 
-    def __init__(self, trainer, mode: str):
-        self.trainer, self.mode = trainer, mode
+    def __init__(self, trainer):
         self.method = trainer.method
         self.model = trainer.accelerator.unwrap_model(trainer.model)
         self.steps: list[dict] = []
@@ -114,7 +112,7 @@ class Probe:
         row["mask_devices"] = sorted({str(mk.device) for mk in self._masks.values()})
         outside = [((p.grad != 0) & ~self._masks[n]).sum() for n, p in params.items()
                    if n in self._masks and p.grad is not None]
-        row["grad_outside_mask"] = int(torch.stack(outside).sum()) if outside else 0
+        row["grad_outside_mask"] = total(outside)
         self._before = {n: p.detach().clone() for n, p in params.items()}
         self.steps.append(row)
 
@@ -132,12 +130,14 @@ class Probe:
                 outside.append((diff & ~mask).sum())
                 selected.append(mask.sum())
                 selected_changed.append((diff & mask).sum())
-        zero = torch.zeros((), dtype=torch.long, device=next(self.model.parameters()).device)
-        total = lambda xs: int(torch.stack(xs).sum()) if xs else int(zero)  # noqa: E731
         row.update(changed=total(changed), changed_outside_mask=total(outside), frozen_changed=total(frozen),
                    selected=total(selected), selected_changed=total(selected_changed))
         self._before, self._masks = {}, {}
         self._inner_step(step)
+
+
+def total(counts: list[torch.Tensor]) -> int:
+    return int(torch.stack(counts).sum()) if counts else 0
 
 
 def generator_devices(method) -> dict[str, str]:
@@ -206,7 +206,7 @@ def run_cell(trainer_cls, config, method: str, mode: str, precision: str, args) 
         trainer.build_synthetic(cell, config, synthetic_examples(config, args.batch_size * args.steps,
                                                                  args.seq_len, seed=0))
         model_device = str(next(trainer.model.parameters()).device)
-        probe = Probe(trainer, mode)
+        probe = Probe(trainer)
         trainer.model.train()
         window = {"loss": 0.0, "n": 0, "examples": 0, "t": time.perf_counter()}
         losses = []
