@@ -63,14 +63,16 @@ done
 if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
     DEV=cpu SMOKE_ARGS="--shape tiny --flat-grads on" SHAPE=tiny SHARE_STEPS=3 TIME_STEPS=3
     MEM_BASE=$WORK/tiny-model MEM_LARGE=$WORK/tiny-model MEM_ARGS="--random-init --cpu --steps 2 --seq-len 32"
-    $PY -c "import sys; sys.path.insert(0, 'bench/gpu'); import smoke; smoke.model_config('tiny').save_pretrained('$MEM_BASE')"
+    $PY -c "import sys; sys.path.insert(0, 'bench/gpu'); import smoke
+smoke.model_config('tiny').save_pretrained('$MEM_BASE')"
 else
     DEV=cuda SMOKE_ARGS="" SHAPE=roberta-base SHARE_STEPS=4 TIME_STEPS=6
     MEM_BASE=shape:roberta-base MEM_LARGE=shape:roberta-large MEM_ARGS="--steps 3"
 fi
 
 pack() {  # the results so far, in one archive (the device returns at most 8 files)
-    tar -czf "$OUT/results.tar.gz.tmp" -C "$WORK" --exclude=./hf --exclude=./site --exclude=./tiny-model . && mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
+    tar -czf "$OUT/results.tar.gz.tmp" -C "$WORK" --exclude=./hf --exclude=./site --exclude=./tiny-model . &&
+        mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
 }
 
 # stage NAME CAP COMMAND...: run COMMAND under min(CAP, budget left) seconds, its output to NAME.log and log.txt.
@@ -116,7 +118,8 @@ for name in ("torch", "transformers", "accelerate", "datasets", "tokenizers", "t
     except Exception as e:  # noqa: BLE001 - report every import, fail at the end
         print(f"{name:16s} IMPORT FAILED: {type(e).__name__}: {e}")
 import torch
-print("cuda", torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+print("cuda", torch.cuda.is_available(), torch.version.cuda, gpu)
 EOF
 }
 
@@ -145,7 +148,7 @@ run_stage() {
         mem-large16 | mem-large32) stage "$1" 120 memprofile roberta-large "$MEM_LARGE" "${1#mem-large}" ;;
         *)
             printf '%s\tskipped: unknown stage\t0\n' "$1" >>"$OUT/stages.tsv"
-            say "unknown stage '$1' (stages: env smoke share16 time16 time32 mem-base16 mem-base32 mem-large16 mem-large32)"
+            say "unknown stage '$1' (see the list at the top of bench/gpu/run.sh)"
             ;;
     esac
 }
