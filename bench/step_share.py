@@ -4,7 +4,7 @@
 
 Builds a model of the given shape from its config (random weights; the shape is what costs time), a
 byte-level BPE tokenizer trained on the RTE text, and trains each method for a few steps on the real RTE
-files (batch 16, length 128) with per-phase timing. Reports medians over the steps after the first, in
+files (batch 16 unless --batch-size, length 128) with per-phase timing. Reports medians over the steps after the first, in
 both mask modes. Run it on a quiet machine: two jobs on two cores slow each other many-fold.
 """
 
@@ -60,12 +60,13 @@ def train_tree(model_dir: Path, glue: Path, method: str, mode: str, steps: int, 
     return tree
 
 
-def run_method(model_dir: Path, glue: Path, method: str, mode: str, steps: int, device: str) -> dict:
+def run_method(model_dir: Path, glue: Path, method: str, mode: str, steps: int, device: str,
+               batch_size: int = 16) -> dict:
     from sftune.config import build
     from sftune.engine.loop import Trainer
     from sftune.engine.timing import PhaseTimer
 
-    trainer = Trainer(build(train_tree(model_dir, glue, method, mode, steps, 16, device)))
+    trainer = Trainer(build(train_tree(model_dir, glue, method, mode, steps, batch_size, device)))
     trainer.build()
     trainer.phases = PhaseTimer(trainer.accelerator.device)
     trainer.eval_loaders = {}  # time training only
@@ -81,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--modes", default="grad,update")
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
@@ -101,7 +103,7 @@ def main() -> None:
         for method in args.methods.split(","):
             for mode in args.modes.split(","):
                 t0 = time.time()
-                r = run_method(model_dir, glue, method, mode, args.steps, args.device)
+                r = run_method(model_dir, glue, method, mode, args.steps, args.device, args.batch_size)
                 rows.append({"method": method, "mode": mode, **r})
                 print(f"{method:15s} {mode:6s} step {r['step']:.3f}s selection {r['phases'].get('selection', 0):.4f}s "
                       f"({time.time() - t0:.0f}s wall)", flush=True)
@@ -112,7 +114,7 @@ def main() -> None:
         r["selection_share"] = r["phases"].get("selection", 0.0) / base
         r["step_ratio"] = r["step"] / base
         print(f"{r['method']:15s} {r['mode']:6s} {100 * r['selection_share']:19.2f}% {r['step_ratio']:15.3f}")
-    doc = {"shape": args.shape, "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads(),
+    doc = {"shape": args.shape, "batch_size": args.batch_size, "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "rows": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
