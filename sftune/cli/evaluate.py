@@ -20,6 +20,16 @@ from sftune.errors import UsageError
 from sftune.tasks import get_task
 
 
+def check_same_labels(trained: str, task: str, target: str) -> None:
+    """A run's head predicts its own task's labels; on a task with other labels its outputs mean nothing."""
+    a, b = get_task(trained), get_task(task)
+    labels = lambda t: list(t.label_names) if not t.is_regression else ["a regression score"]  # noqa: E731
+    if labels(a) != labels(b):
+        raise UsageError(f"{target} was trained on {a.name} (labels: {', '.join(labels(a))}), but {b.name} has "
+                         f"labels {', '.join(labels(b))}. Evaluate it on a task with the same labels, or map the "
+                         "labels with sftune transfer.")
+
+
 @app.command("eval", help="Evaluate a run directory (its model/) or any model on TASK's dev split(s).")
 @user_errors
 def evaluate(
@@ -44,8 +54,15 @@ def evaluate(
     if from_diff and not (run.config.is_file() and diff_path.is_file()):
         raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
                          "the weights write one). Evaluate the run directory without --from-diff.")
+    if run.config.is_file() and not run.is_complete():
+        status = run.final_status() or run.status() or "unknown"
+        todo = ("retrain with a lower learning rate" if status == "diverged" else
+                f"finish it with sftune train --resume --output-dir {target}")
+        raise UsageError(f"{target} is not a complete run (status: {status}): it has no final model to evaluate. "
+                         f"To evaluate it, {todo}.")
     if run.config.is_file() and (run.model.is_dir() or from_diff):
         stored = load_yaml(run.config, what="run config")
+        check_same_labels(str(stored.get("task", "")), task_name, target)
         base = dict(stored.get("model") or {})
         tree["model"] = {**base, "dropout": None} if from_diff else {"name": str(run.model), "dropout": None}
         tree["data"] = dict(stored.get("data") or {})

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from sftune.artifacts import atomic_write_json, replace_dir
+from sftune.artifacts import atomic_write_json, replace_dir, saving
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, plugins: list, state: dict[str, Any],
                     rng: dict[str, Any]) -> None:
     """Write into `<path>.tmp` and swap it in, so a crash mid-save leaves the previous checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied weights (BART embeddings)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "plugins": [p.state_dict() for p in plugins], "rng": rng}, tmp / "state.pt")
-    atomic_write_json(tmp / "trainer_state.json", state)
-    replace_dir(tmp, path)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        with saving(tmp / "model.safetensors"):
+            save_model(model, str(tmp / "model.safetensors"))  # handles tied weights (BART embeddings)
+        with saving(tmp / "state.pt"):
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "plugins": [p.state_dict() for p in plugins], "rng": rng}, tmp / "state.pt")
+        atomic_write_json(tmp / "trainer_state.json", state)
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save (full disk) leaves no checkpoint.tmp/
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, plugins: list) -> tuple[dict, dict]:
