@@ -163,11 +163,16 @@ class RunDir:
             return None
 
     def made_by_sftune(self) -> bool:
-        """A directory sftune wrote holds its manifest (with sftune's version in it)."""
+        """A directory sftune wrote holds its manifest (with sftune's version in it), or only what a run killed
+        before writing the manifest leaves: config.yaml, the lock and atomic writes' temporary files."""
         try:
-            return "sftune_version" in json.loads(self.manifest.read_text())
+            if "sftune_version" in json.loads(self.manifest.read_text()):
+                return True
         except (OSError, json.JSONDecodeError, TypeError):
-            return False
+            pass
+        early = ("config.yaml", LOCK_NAME)
+        return all(p.name in early or p.name.startswith((".config.yaml.", ".manifest.json."))
+                   for p in self.path.iterdir())
 
     def check_usable(self, resume: bool, overwrite: bool) -> None:
         """Refuse a non-empty directory unless the user said what to do with it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -49,6 +50,8 @@ def train_run(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool 
     if dry_run:
         return _train(cfg, run_dir, reporter, resume, overwrite, dry_run)
     run_dir.check_usable(resume, overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch only rank 0 writes (and locks)
+        return _train(cfg, run_dir, reporter, resume, overwrite, dry_run)
     created = not run_dir.path.exists()
     lock = run_dir.lock()
     try:

@@ -429,3 +429,47 @@ def test_non_utf8_data_file_names_the_byte(cli, tiny_bert, tmp_path):
     code, _, stderr = cli("train", tiny_bert, "rte", "--train-file", f, "--validation-file", f, "-o", tmp_path / "r")
     line = one_line(stderr)
     assert code == 2 and str(f) in line and "byte 0xe9 at offset 29 (line 2)" in line and "UTF-8" in line
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(train, tmp_path, monkeypatch):
+    import torch
+
+    from sftune.engine import loop
+
+    original = _fail_at(monkeypatch, 1, lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    out = tmp_path / "r"
+    assert train(out, steps="2")[0] == 130
+    monkeypatch.setattr(loop.Trainer, "_after_optimizer_step", original)
+    state = out / "checkpoint" / "state.pt"
+    blob = torch.load(state, weights_only=True)
+    blob["rng"]["evil"] = _Payload()
+    torch.save(blob, state)
+    code, _, stderr = train(out, "--resume", steps="2")
+    assert code == 2 and "holds Python objects besides tensors" in one_line(stderr)
+    assert not _Payload.ran
+
+
+class _Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (_Payload.run, ())
+
+    @staticmethod
+    def run():
+        _Payload.ran = True
+
+
+def test_every_case_in_docs_names_an_existing_test():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "reliability.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) >= 40
+    for row in rows:
+        (ref,) = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", row) or [None]
+        assert ref, row
+        path, name = ref
+        assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), f"{path}::{name} does not exist"

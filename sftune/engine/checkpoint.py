@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from sftune.artifacts import atomic_write_json, replace_dir, saving
+from sftune.errors import UsageError
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, plugins: list, state: dict[str, Any],
@@ -33,7 +35,12 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, plugins: list, stat
 def load_checkpoint(path: Path, model, optimizer, scheduler, plugins: list) -> tuple[dict, dict]:
     """Restore in place; returns (trainer state, RNG states)."""
     load_model(model, str(path / "model.safetensors"))
-    blob = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    try:
+        blob = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise UsageError(f"checkpoint {path / 'state.pt'} holds Python objects besides tensors; sftune never loads "
+                         "those (unpickling can run code). Start over with --overwrite, or restore the "
+                         "checkpoint sftune wrote.") from None
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     for plugin, state in zip(plugins, blob["plugins"]):
