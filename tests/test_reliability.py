@@ -465,7 +465,7 @@ def test_every_case_in_docs_names_an_existing_test():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    text = (root / "docs" / "reliability.md").read_text()
+    text = (root / "docs" / "reliability.md").read_text().split("## Every case", 1)[1]
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) >= 40
     for row in rows:
