@@ -473,3 +473,41 @@ def test_every_case_in_docs_names_an_existing_test():
         assert ref, row
         path, name = ref
         assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), f"{path}::{name} does not exist"
+
+
+FAKE_DIVERGING_TRAIN = """
+import json, os, sys
+path = sys.argv[1]
+os.makedirs(path, exist_ok=True)
+seed = int(path[-1])
+if "lr=0.005" in path:
+    json.dump({"status": "diverged", "method": "full", "seed": seed, "metrics": {},
+               "diverged": {"step": 4, "what": "the loss", "value": "nan"}}, open(os.path.join(path, "results.json"), "w"))
+    sys.exit(3)
+acc = 0.5 + seed / 10
+json.dump({"status": "complete", "method": "full", "seed": seed, "metrics": {"validation": {"accuracy": acc}},
+           "main_metric": {"split": "validation", "name": "accuracy", "value": acc}},
+          open(os.path.join(path, "results.json"), "w"))
+"""
+
+
+def test_a_sweep_reports_diverged_runs_and_does_not_retry_them(cli, tmp_path, monkeypatch):
+    import sys
+
+    from sftune.sweep.runner import Runner
+
+    monkeypatch.setattr(Runner, "command", lambda self, o, action: [sys.executable, "-c", FAKE_DIVERGING_TRAIN,
+                                                                    str(self._dir(o).path), action])
+    out = tmp_path / "s"
+    args = ("sweep", "minilm", "rte", "--grid", "train.lr=0.001,0.005", "--seeds", "2", "-o", out)
+    code, stdout, stderr = cli(*args)
+    assert code == 0, stderr  # diverging is a result of the configuration, not a crash
+    assert "0 (2 diverged)" in stdout and "diverged rte/full/lr=0.005/seed-1: diverged at step 4" in stdout
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["counts"]["diverged"] == 2 and doc["counts"]["failed"] == 0
+    by = {c["config"]: c for c in doc["configs"]}
+    assert by["lr=0.005"]["metrics"] == {} and by["lr=0.001"]["metrics"]["validation/accuracy"]["n"] == 2
+    code, stdout, _ = cli(*args, "--format", "json")
+    runs = json.loads(stdout)["runs"]
+    assert code == 0 and {r["action"] for r in runs} == {"skip"}
+    assert sorted(r["status"] for r in runs) == ["complete", "complete", "diverged", "diverged"]
