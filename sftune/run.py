@@ -120,8 +120,7 @@ def _train(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool, ov
         write()
         if main:  # results.json marks the run as over: a sweep does not retry it, analyze counts it apart
             atomic_write_json(run_dir.results, _diverged_results(trainer, run_dir, e))
-        # The last evaluation before the divergence (finite weights) or nothing: never the diverged model.
-        reporter.finish({"status": "diverged", "metrics": trainer.state.last_eval, "run_dir": str(run_dir.path)})
+        reporter.finish({"status": "diverged", "metrics": {}, "run_dir": str(run_dir.path)})  # no result to show
         raise
     except BaseException as e:
         manifest["status"] = "failed"

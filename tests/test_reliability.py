@@ -377,6 +377,8 @@ def test_resume_alone_uses_the_stored_config_and_given_options_must_agree(train,
     assert code == 0, stderr
     code, _, stderr = cli("train", "-o", out)
     assert code == 2 and "missing MODEL and TASK" in one_line(stderr)
+    code, _, stderr = cli("train", "rte", "--resume", "-o", out)
+    assert code == 2 and "give both MODEL and TASK, or neither" in one_line(stderr)
 
 
 def test_resume_with_nothing_to_resume_says_it_starts_over(train, tmp_path, monkeypatch):

@@ -117,7 +117,10 @@ def train(
            "data.validation_file": validation_file, "data.train_size": train_size, "method.mask_mode": mask_mode,
            "data.stratified": True if stratified else None,
            "model.trust_remote_code": True if trust_remote_code else None}
-    if model is None or task is None:
+    if (model is None) != (task is None):
+        raise UsageError("give both MODEL and TASK, or neither (sftune train --resume --output-dir DIR continues a "
+                         "run from its config.yaml).")
+    if model is None:
         tree = _stored_tree(output_dir, resume, method, preset, reg, set_, cli)
     else:
         tree = training_tree(model, get_task(task).name, method or "full", preset, reg, set_, cli)

@@ -36,10 +36,13 @@ def grad_norm(params: list[torch.Tensor]) -> float:
 
 
 class NonFiniteGuard:
-    """mode 'stop' raises Diverged; mode 'skip' tells the loop to drop the step (counted in `skipped`)."""
+    """mode 'stop' raises Diverged; mode 'skip' tells the loop to drop the step (counted in `skipped`).
 
-    def __init__(self, mode: str = "stop"):
-        self.mode = mode
+    Under fp16 an overflowing gradient is routine: the loss scaler skips that step and lowers its scale, so the
+    gradient norm is left to it (`check_grads=False`); the loss, the weights and the outputs are still checked."""
+
+    def __init__(self, mode: str = "stop", check_grads: bool = True):
+        self.mode, self.check_grads = mode, check_grads
         self.skipped = 0
         self._bad_loss: float | None = None  # the first non-finite micro-batch loss of the current step
 
@@ -52,7 +55,7 @@ class NonFiniteGuard:
         bad, self._bad_loss = self._bad_loss, None
         if bad is not None:
             return self._refuse(step, "the loss", bad)
-        norm = grad_norm(params)
+        norm = grad_norm(params) if self.check_grads else 0.0
         if not math.isfinite(norm):
             return self._refuse(step, "the gradient norm", norm)
         return True
@@ -66,10 +69,13 @@ class NonFiniteGuard:
     @staticmethod
     def check_weights(step: int, model: torch.nn.Module) -> None:
         """Before an evaluation or a checkpoint: a non-finite weight always stops (skipping cannot undo it)."""
-        for name, p in model.named_parameters():
-            if not torch.isfinite(p).all():
-                bad = p.detach()[~torch.isfinite(p.detach())].flatten()[0].item()
-                raise Diverged(step, f"weight {name}", bad)
+        params = list(model.named_parameters())
+        if not params or torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all():
+            return  # one host read for the whole model
+        for name, p in params:
+            finite = torch.isfinite(p.detach())
+            if not finite.all():
+                raise Diverged(step, f"weight {name}", p.detach()[~finite].flatten()[0].item())
 
     @staticmethod
     def check_outputs(step: int, split: str, logits: torch.Tensor) -> None:

@@ -134,7 +134,7 @@ class Trainer:
         for plugin in self.plugins:
             plugin.on_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
-        self.guard = NonFiniteGuard(tcfg.nonfinite)
+        self.guard = NonFiniteGuard(tcfg.nonfinite, check_grads=tcfg.precision != "fp16")
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
         self.mask_check = MaskCheck(self.accelerator, tcfg.check_masks, tcfg.mask_hash_log)
 
