@@ -36,7 +36,7 @@ def analyze(
         raise UsageError(f"{directory} is not a directory. Give a sweep's --output-dir.")
     records = scan(directory)
     if not records:
-        raise UsageError(f"no complete or diverged runs (results.json) under {directory}.")
+        raise UsageError(f"no complete runs (results.json) under {directory}.")
     tasks: dict[str, dict] = {}
     for task in dict.fromkeys(r.task for r in records):
         doc = {"task": task, **summarize([r for r in records if r.task == task], task or None)}
