@@ -76,6 +76,10 @@ def _train(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool, ov
             results = _read_results(run_dir)
             reporter.finish(results)
             return results
+        if run_dir.final_status() == "diverged":
+            step = (_read_results(run_dir).get("diverged") or {}).get("step")
+            raise UsageError(f"--resume: {run_dir.path} diverged at step {step}; resuming would diverge again. "
+                             "Start over with --overwrite and a lower learning rate (or train.nonfinite=skip).")
     elif resume and not dry_run:
         notice(f"--resume: nothing to resume in {run_dir.path} (it is empty or does not exist); starting a new run.")
 

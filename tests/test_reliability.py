@@ -56,6 +56,8 @@ def test_huge_learning_rate_stops_as_diverged(train, tmp_path, method):
     records = strict_jsonl(out / "metrics.jsonl")
     assert all(r["type"] == "train" for r in records)  # no evaluation of the diverged model
     assert RunDir(out).is_complete() is False
+    code, _, stderr = train(out, "--lr", "1e10", "--method", method, "--resume", steps="8")
+    assert code == 2 and "resuming would diverge again" in one_line(stderr)
 
 
 def _nan_grad_norm_at(monkeypatch, bad_step: int):
