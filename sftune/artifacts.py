@@ -46,9 +46,17 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should be readable like any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _name(e, path)
         raise
+
+
+def _name(e: BaseException, path: Path) -> BaseException:
+    """A failed write() or flush() names no file: name it, so the one-line error says where."""
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = str(path)
+    return e
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -205,10 +213,13 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------ records
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(to_json(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(to_json(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _name(e, self.metrics)
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop records written after the checkpoint so no step appears twice."""

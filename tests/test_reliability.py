@@ -264,17 +264,18 @@ def test_failed_checkpoint_leaves_no_temporary_directory(train, tmp_path, monkey
     assert not (out / "checkpoint.tmp").exists() and manifest(out)["status"] == "failed"
 
 
-def test_dev_full_write_is_one_line(monkeypatch, tmp_path):
-    """A real ENOSPC from the kernel, through the same writer every artifact uses."""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full")
-    from sftune.artifacts import RunDir
+def test_dev_full_write_is_one_line(train, monkeypatch, tmp_path):
+    """A real ENOSPC from the kernel: metrics.jsonl is redirected to /dev/full."""
+    from pathlib import Path
 
-    run = RunDir(tmp_path)
-    monkeypatch.setattr("sftune.artifacts.RunDir.metrics", property(lambda self: __import__("pathlib").Path("/dev/full")))
-    with pytest.raises(OSError) as e:
-        run.append_metrics({"step": 1})
-    assert e.value.errno == 28
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    monkeypatch.setattr(RunDir, "metrics", property(lambda self: Path("/dev/full")))
+    out = tmp_path / "r"
+    code, _, stderr = train(out, steps="2")
+    line = one_line(stderr)
+    assert code == 1 and "/dev/full: No space left on device" in line
+    assert manifest(out)["status"] == "failed"
 
 
 # ----------------------------------------------------------------------------------------------- remote code
@@ -422,7 +423,8 @@ def test_lock_is_released_by_a_dead_process(tmp_path):
 
     code = ("import sys; from sftune.artifacts import RunDir; RunDir(sys.argv[1]).lock(); import os; "
             "os.kill(os.getpid(), 9)")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env={**os.environ, "PYTHONPATH": str(Path(sftune.__file__).parents[1])})
+    env = {**os.environ, "PYTHONPATH": str(Path(sftune.__file__).parents[1])}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env=env)
     RunDir(tmp_path / "r").lock().release()  # the kernel dropped the dead holder's lock
 
 
@@ -486,7 +488,8 @@ os.makedirs(path, exist_ok=True)
 seed = int(path[-1])
 if "lr=0.005" in path:
     json.dump({"status": "diverged", "method": "full", "seed": seed, "metrics": {},
-               "diverged": {"step": 4, "what": "the loss", "value": "nan"}}, open(os.path.join(path, "results.json"), "w"))
+               "diverged": {"step": 4, "what": "the loss", "value": "nan"}},
+              open(os.path.join(path, "results.json"), "w"))
     sys.exit(3)
 acc = 0.5 + seed / 10
 json.dump({"status": "complete", "method": "full", "seed": seed, "metrics": {"validation": {"accuracy": acc}},

@@ -32,7 +32,7 @@ EXIT_IO = 1  # a failed read or write (documented in docs/reliability.md)
 
 
 def io_failure(e: OSError) -> str:
-    where = e.filename or "a file"
+    where = e.filename or "a file (the system did not say which)"
     cause = e.strerror or str(e) or type(e).__name__
     return " ".join(f"file error on {where}: {cause}. Free space or fix the permissions there, then rerun "
                     "(a training run continues with --resume).".split())
