@@ -518,3 +518,19 @@ def test_a_sweep_reports_diverged_runs_and_does_not_retry_them(cli, tmp_path, mo
     runs = json.loads(stdout)["runs"]
     assert code == 0 and {r["action"] for r in runs} == {"skip"}
     assert sorted(r["status"] for r in runs) == ["complete", "complete", "diverged", "diverged"]
+
+
+def test_eval_of_a_model_with_nan_weights_computes_no_metric(cli, tiny_bert, glue_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_bert.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(broken / "model.safetensors"))
+    weights = {k: v.fill_(float("nan")) if k.startswith("classifier.") else v for k, v in weights.items()}
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    code, _, stderr = cli("eval", broken, "rte", "--data-dir", glue_dir, "-o", tmp_path / "e")
+    assert code == 2 and "output on validation is nan" in one_line(stderr)
+    assert not (tmp_path / "e").exists()

@@ -15,6 +15,7 @@ from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFi
 from sftune.cli.render import print_results
 from sftune.config import build, load_yaml, parse_set, set_dotted
 from sftune.diff import apply_diff
+from sftune.engine.guard import Diverged
 from sftune.engine.loop import Trainer
 from sftune.errors import UsageError
 from sftune.tasks import get_task
@@ -85,7 +86,11 @@ def evaluate(
     trainer.build(need_train=False)
     if from_diff:
         apply_diff(trainer.accelerator.unwrap_model(trainer.model), diff_path)
-    metrics, predictions = trainer.evaluate()
+    try:
+        metrics, predictions = trainer.evaluate()
+    except Diverged as e:  # e.g. a run written before divergence was detected: no metric from NaN outputs
+        raise UsageError(f"{target}: {e.what} is {e.value}; the model's weights are not usable (a diverged "
+                         "run?). Retrain it with a lower learning rate.") from None
     out = RunDir(output_dir or default_out)
     for split, rows in predictions.items():
         out.write_predictions(split, rows)
