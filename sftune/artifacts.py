@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import platform
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,9 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should be readable like any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _name(e, path)
         raise
 
 
@@ -52,10 +56,33 @@ def match_umask(*paths: Path) -> None:
     """Give files written by libraries that create them 0600 (safetensors) the mode of every other file."""
     for path in paths:
         os.chmod(path, 0o666 & ~_UMASK)
+def _name(e: BaseException, path: Path) -> BaseException:
+    """A failed write() or flush() names no file: name it, so the one-line error says where."""
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = str(path)
+    return e
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(path, to_json(data, indent=2) + "\n")
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    """Strict JSON: a NaN or infinity (a diverged loss, a learning rate) is written as null, never as the
+    bare NaN token that Python's json emits and other readers reject."""
+    return json.dumps(_finite(data), indent=indent, default=_jsonable, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _finite(obj.tolist())
+    return obj
 
 
 def _jsonable(obj):
@@ -64,6 +91,28 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextmanager
+def saving(path: Path):
+    """Around a library's save (safetensors, tokenizers): its write failures become an OSError naming `path`,
+    so the CLI reports them in one line like any other failed write."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+    except (SafetensorError, RuntimeError) as e:
+        text = str(e)
+        # torch.save reports a failed write as a RuntimeError from its zip writer; anything else is a bug.
+        if isinstance(e, RuntimeError) and "PytorchStreamWriter" not in text and "write" not in text.lower():
+            raise
+        code = errno.ENOSPC if "No space" in text else errno.EIO
+        cause = os.strerror(code) if code == errno.ENOSPC else " ".join(text.split())[:200]
+        raise OSError(code, cause, str(path)) from None
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -106,15 +155,36 @@ class RunDir:
     predictions = property(lambda self: self.path / "predictions")
 
     def is_empty(self) -> bool:
-        return not self.path.exists() or not any(self.path.iterdir())
+        return not self.path.exists() or not any(p.name != LOCK_NAME for p in self.path.iterdir())
 
     def is_complete(self) -> bool:
-        if not self.results.is_file():
-            return False
+        return self.final_status() == "complete"
+
+    def final_status(self) -> str | None:
+        """results.json's status (complete or diverged: the run is over), None while there is none."""
         try:
-            return json.loads(self.results.read_text()).get("status") == "complete"
-        except (OSError, json.JSONDecodeError):
-            return False
+            return json.loads(self.results.read_text()).get("status")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+
+    def status(self) -> str | None:
+        """The manifest's status (running, interrupted, failed, diverged, complete), None without a manifest."""
+        try:
+            return json.loads(self.manifest.read_text()).get("status")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+
+    def made_by_sftune(self) -> bool:
+        """A directory sftune wrote holds its manifest (with sftune's version in it), or only what a run killed
+        before writing the manifest leaves: config.yaml, the lock and atomic writes' temporary files."""
+        try:
+            if "sftune_version" in json.loads(self.manifest.read_text()):
+                return True
+        except (OSError, json.JSONDecodeError, TypeError):
+            pass
+        early = ("config.yaml", LOCK_NAME)
+        return all(p.name in early or p.name.startswith((".config.yaml.", ".manifest.json."))
+                   for p in self.path.iterdir())
 
     def check_usable(self, resume: bool, overwrite: bool) -> None:
         """Refuse a non-empty directory unless the user said what to do with it."""
@@ -125,31 +195,96 @@ class RunDir:
         if not self.is_empty() and not (resume or overwrite):
             raise UsageError(f"output directory {self.path} is not empty. Pass --resume to continue it, "
                              "--overwrite to replace it, or choose another --output-dir.")
-        if resume and not self.config.is_file():
+        if overwrite and not self.is_empty() and not self.made_by_sftune():
+            raise UsageError(f"--overwrite: {self.path} was not written by sftune (it has no sftune "
+                             "manifest.json), so it is left untouched. Choose another --output-dir, or empty it "
+                             "yourself.")
+        if resume and not self.is_empty() and not self.config.is_file():
             raise UsageError(f"cannot resume {self.path}: it has no config.yaml. Start a new run instead.")
 
     def clear(self) -> None:
+        """Empty a run directory (check_usable has made sure sftune wrote it); the lock file stays."""
         if self.path.exists():
             for child in self.path.iterdir():
+                if child.name == LOCK_NAME:
+                    continue
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
 
+    def lock(self) -> "DirLock":
+        """Hold the directory for this process; a second writer gets a UsageError naming this one."""
+        return DirLock(self.path / LOCK_NAME).acquire()
+
     # ------------------------------------------------------------------------------------------ records
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(to_json(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _name(e, self.metrics)
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop records written after the checkpoint so no step appears twice."""
         kept = [r for r in read_jsonl(self.metrics) if r.get("step", 0) <= last_step]
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.metrics, "".join(to_json(r) + "\n" for r in kept))
 
     def write_predictions(self, split: str, rows: list[dict]) -> Path:
         path = self.predictions / f"{split}.jsonl"
-        atomic_write_text(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+        atomic_write_text(path, "".join(to_json(r) + "\n" for r in rows))
         return path
+
+
+# --------------------------------------------------------------------------------------------------- lock
+LOCK_NAME = ".sftune.lock"
+
+
+class DirLock:
+    """An flock on RUN_DIR/.sftune.lock holding the writer's pid. The kernel drops it when the process dies
+    (kill -9 included), so a stale lock never blocks a resume."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> "DirLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(f"{self.path.parent} is being written by another sftune process (pid {other}). "
+                                 "Wait for it to finish (or stop it), or choose another --output-dir.") from None
+            # The holder before us may have removed the file after we opened it: lock the file on disk.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ------------------------------------------------------------------------------------------------ manifest

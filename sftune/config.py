@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ def option(default: Any, help: str, **kwargs) -> Any:
 @dataclass
 class ModelConfig:
     name: str = option("", "Hub id, local path, or alias ('minilm': the offline MiniLM weights).")
-    trust_remote_code: bool = option(False, "Run model code from the Hub. Off unless you ask for it.")
+    trust_remote_code: bool = option(False, "Run the model repository's own Python code. Only the command-line "
+                                     "flag --trust-remote-code turns it on (a preset, sweep file or --set cannot).")
     revision: str | None = option(None, "Hub revision (branch, tag or commit).")
     dropout: float | None = option(None, "Override hidden and attention dropout (DPS reference sets 0).")
 
@@ -82,6 +84,11 @@ class TrainConfig:
                                    "trackio (through accelerate; logs go to RUN_DIR/trackers).")
     plots: bool = option(False, "Write plots.png (loss, lr, validation metric, shares) into the run directory "
                          "at the end (needs matplotlib).")
+    save_minutes: float = option(10.0, "Also checkpoint when this many minutes passed since the last checkpoint "
+                                 "(bounds what a kill -9 loses); 0 disables.")
+    nonfinite: str = option("stop", "On a non-finite loss or gradient norm: stop (status diverged, exit 3) or "
+                            "skip the step (no update, as mixed-precision loss scaling does).",
+                            choices=("stop", "skip"))
     cpu: bool = option(False, "Train on the CPU even when an accelerator is present.")
     check_masks: bool = option(True, "In multi-process runs, compare a hash of each step's masks across ranks "
                                "and stop on divergence.")
@@ -154,9 +161,12 @@ def coerce(value: Any, annotation: Any) -> Any:
             raise ValueError(f"expected an integer, got '{value}'") from None
     if base is float:
         try:
-            return float(value)  # accepts '2e-5', which YAML 1.1 would read as a string
+            out = float(value)  # accepts '2e-5', which YAML 1.1 would read as a string
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got '{value}'") from None
+        if not math.isfinite(out):
+            raise ValueError(f"expected a finite number, got '{value}'")
+        return out
     if base is str:
         return str(value)
     if typing.get_origin(base) is list:
@@ -197,6 +207,22 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise UsageError(f"--set '{dotted}': '{part}' is not a section.")
     node[parts[-1]] = value
+
+
+def refuse_remote_code(tree: dict, where: str) -> None:
+    """Running a model repository's own Python is the user's decision on the command line: a preset, a sweep
+    file or --set that turns model.trust_remote_code on is refused, naming where it came from."""
+    value = (tree.get("model") or {}).get("trust_remote_code") if isinstance(tree.get("model"), dict) else None
+    if value is None:
+        return
+    try:
+        on = coerce(value, bool)
+    except ValueError:
+        on = True
+    if on:
+        raise UsageError(f"{where} sets model.trust_remote_code, which would run the model repository's own "
+                         "Python code; only the command-line flag --trust-remote-code may turn it on. Remove it "
+                         f"from {where} and pass the flag if you trust that code.")
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -290,10 +316,33 @@ def build(tree: dict[str, Any]) -> RunConfig:
         errors.append(f"train.max_steps must be at least 1, got {train.max_steps}")
     if train.max_steps is None and train.epochs <= 0:
         errors.append(f"train.epochs must be positive, got {train.epochs}")
+    errors += _range_errors(sections["model"], sections["data"], train)
     if errors:
         raise UsageError("invalid configuration: " + "; ".join(errors))
     return RunConfig(model=model, task=str(task), method=method, data=sections["data"], train=train,
                      regs=regs_out, preset=preset)
+
+
+def _range_errors(model: ModelConfig, data: DataConfig, train: TrainConfig) -> list[str]:
+    """Values of the right type but outside what training can use (a negative learning rate, a beta of 1)."""
+    checks = [
+        ("train.lr", train.lr, train.lr >= 0, "at least 0 (a few 1e-5 is usual)"),
+        ("train.weight_decay", train.weight_decay, train.weight_decay >= 0, "at least 0"),
+        ("train.adam_eps", train.adam_eps, train.adam_eps > 0, "positive"),
+        ("train.adam_beta1", train.adam_beta1, 0 <= train.adam_beta1 < 1, "in [0, 1)"),
+        ("train.adam_beta2", train.adam_beta2, 0 <= train.adam_beta2 < 1, "in [0, 1)"),
+        ("train.max_grad_norm", train.max_grad_norm, train.max_grad_norm >= 0, "at least 0 (0 disables)"),
+        ("train.warmup_ratio", train.warmup_ratio, 0 <= train.warmup_ratio <= 1, "in [0, 1]"),
+        ("train.warmup_steps", train.warmup_steps, train.warmup_steps is None or train.warmup_steps >= 0,
+         "at least 0"),
+        ("train.eval_every", train.eval_every, train.eval_every is None or train.eval_every >= 1, "at least 1"),
+        ("train.save_every", train.save_every, train.save_every is None or train.save_every >= 1, "at least 1"),
+        ("train.save_minutes", train.save_minutes, train.save_minutes >= 0, "at least 0 (0 disables)"),
+        ("data.eval_batch_size", data.eval_batch_size, data.eval_batch_size >= 1, "at least 1"),
+        ("data.train_size", data.train_size, data.train_size is None or data.train_size >= 1, "at least 1"),
+        ("model.dropout", model.dropout, model.dropout is None or 0 <= model.dropout < 1, "in [0, 1)"),
+    ]
+    return [f"{key} must be {expected}, got {value}" for key, value, ok, expected in checks if not ok]
 
 
 def parse_reg(text: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ import torch
 from sftune.config import DataConfig
 from sftune.errors import UsageError
 from sftune.hub import require_hub
+from sftune.textfiles import check_utf8
 from sftune.tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
@@ -51,6 +52,7 @@ def _read_table(path: Path, column_names: tuple[str, ...] | None = None):
         raise UsageError(f"data file {path} does not exist. Check the path (or --data-dir).")
     if path.stat().st_size == 0:
         raise UsageError(f"data file {path} is empty. Give a file with a header and at least one row.")
+    check_utf8(path)
     suffix = path.suffix.lower()
     with open(path, encoding="utf-8", errors="replace") as f:
         first_lines = [line for _, line in zip(range(2), (ln for ln in f if ln.strip()))]

@@ -44,6 +44,9 @@ def resolve_model_path(name: str) -> str:
 
 
 def _hub_error(name: str, err: Exception) -> UsageError:
+    if "trust_remote_code" in str(err):
+        return UsageError(f"model '{name}' needs its own Python code (its repository ships custom model code), "
+                          "which sftune does not run by default. If you trust that code, add --trust-remote-code.")
     offline = any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     why = "offline mode is set" if offline else "the Hugging Face Hub is unreachable or has no such model"
     return UsageError(f"cannot load model '{name}' ({why}: {type(err).__name__}). Use a local directory "
@@ -51,10 +54,26 @@ def _hub_error(name: str, err: Exception) -> UsageError:
                       "HF_HUB_OFFLINE=1 to use the Hugging Face cache.")
 
 
+def _refuse_own_code(name: str, path: str, trust_remote_code: bool) -> None:
+    """A local model whose config names its own classes (auto_map) cannot load without running its code."""
+    config = Path(path) / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    import json
+
+    try:
+        auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return
+    if auto_map:
+        raise _hub_error(name, ValueError("requires trust_remote_code"))
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    _refuse_own_code(name, path, trust_remote_code)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as e:

@@ -71,6 +71,7 @@ def test_existing_run_directory_is_kept(cli, tiny_bert, glue_dir, tmp_path):
 def test_bad_input_with_overwrite_loses_nothing(cli, tiny_bert, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    (out / "manifest.json").write_text('{"sftune_version": "0"}')  # an earlier run: --overwrite may replace it
     (out / "precious.txt").write_text("keep me")
     check(cli("train", tiny_bert, "rte", "--data-dir", tmp_path / "nodata", "--overwrite", "-o", out), "does not exist")
     assert (out / "precious.txt").read_text() == "keep me"

@@ -305,7 +305,8 @@ def test_failed_runs_are_named_the_others_kept_and_the_exit_code_says_so(cli, tm
     assert "2 of 6 runs failed" in stderr
     assert "FAIL  rte/full/lr=0.005/seed-1: boom (new)" in stdout
     doc = json.loads((out / "summary.json").read_text())
-    assert doc["counts"] == {"runs": 6, "done": 4, "failed": 2, "interrupted": 0, "not_run": 0}
+    assert doc["counts"] == {"runs": 6, "done": 4, "failed": 2, "diverged": 0, "interrupted": 0,
+                             "not_run": 0}
     assert {f["run_dir"]: f["cause"] for f in doc["failed"]} == {
         "rte/full/lr=0.005/seed-1": "boom (new)", "rte/full/lr=0.005/seed-2": "boom (new)"}
     by = {c["config"]: c for c in doc["configs"]}

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from sftune.cli import app
 from sftune.cli.common import Format, check_format, examples, user_errors
-from sftune.cli.sweep import case_table, summary_table
+from sftune.cli.sweep import case_table, print_failures, summary_table
 from sftune.errors import UsageError
 from sftune.sweep.case_study import case_study as run_case_study
 from sftune.sweep.case_study import plot as plot_case_study
@@ -56,5 +56,6 @@ def analyze(
     console = Console()
     for doc in tasks.values():
         console.print(summary_table(doc))
+        print_failures(doc, console)
         if "case_study" in doc:
             console.print(case_table(doc["case_study"]))

@@ -21,6 +21,9 @@ def user_errors(fn):
         except UsageError as e:
             typer.echo(f"sftune: error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a full disk, a read-only folder, a permission: one line, no traceback
+            typer.echo(f"sftune: error: {io_failure(e)}", err=True)
+            raise typer.Exit(EXIT_IO) from None
 
     return wrapper
 
@@ -28,6 +31,14 @@ def user_errors(fn):
 def examples(*lines: str) -> str:
     """A help epilog of example command lines, one per line."""
     return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+EXIT_IO = 1  # a failed read or write (documented in docs/reliability.md)
+
+
+def io_failure(e: OSError) -> str:
+    where = e.filename or "a file (the system did not say which)"
+    cause = e.strerror or str(e) or type(e).__name__
+    return " ".join(f"file error on {where}: {cause}. Free space or fix the permissions there, then rerun "
+                    "(a training run continues with --resume).".split())
 
 
 Format = Annotated[str, typer.Option("--format", "-f", help="Output: table (Rich, or plain lines when "

@@ -15,9 +15,20 @@ from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFi
 from sftune.cli.render import print_results
 from sftune.config import build, load_yaml, parse_set, set_dotted
 from sftune.diff import apply_diff
+from sftune.engine.guard import Diverged
 from sftune.engine.loop import Trainer
 from sftune.errors import UsageError
 from sftune.tasks import get_task
+
+
+def check_same_labels(trained: str, task: str, target: str) -> None:
+    """A run's head predicts its own task's labels; on a task with other labels its outputs mean nothing."""
+    a, b = get_task(trained), get_task(task)
+    labels = lambda t: list(t.label_names) if not t.is_regression else ["a regression score"]  # noqa: E731
+    if labels(a) != labels(b):
+        raise UsageError(f"{target} was trained on {a.name} (labels: {', '.join(labels(a))}), but {b.name} has "
+                         f"labels {', '.join(labels(b))}. Evaluate it on a task with the same labels, or map the "
+                         "labels with sftune transfer.")
 
 
 @app.command("eval", help="Evaluate a run directory (its model/) or any model on TASK's dev split(s).",
@@ -54,8 +65,15 @@ def evaluate(
     if from_diff and not (run.config.is_file() and diff_path.is_file()):
         raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
                          "the weights write one). Evaluate the run directory without --from-diff.")
+    if run.config.is_file() and not run.is_complete():
+        status = run.final_status() or run.status() or "unknown"
+        todo = ("retrain with a lower learning rate" if status == "diverged" else
+                f"finish it with sftune train --resume --output-dir {target}")
+        raise UsageError(f"{target} is not a complete run (status: {status}): it has no final model to evaluate. "
+                         f"To evaluate it, {todo}.")
     if run.config.is_file() and (run.model.is_dir() or from_diff):
         stored = load_yaml(run.config, what="run config")
+        check_same_labels(str(stored.get("task", "")), task_name, target)
         base = dict(stored.get("model") or {})
         tree["model"] = {**base, "dropout": None} if from_diff else {"name": str(run.model), "dropout": None}
         tree["data"] = dict(stored.get("data") or {})
@@ -82,7 +100,11 @@ def evaluate(
     trainer.build(need_train=False)
     if from_diff:
         apply_diff(trainer.accelerator.unwrap_model(trainer.model), diff_path)
-    metrics, predictions = trainer.evaluate()
+    try:
+        metrics, predictions = trainer.evaluate()
+    except Diverged as e:  # e.g. a run written before divergence was detected: no metric from NaN outputs
+        raise UsageError(f"{target}: {e.what} is {e.value}; the model's weights are not usable (a diverged "
+                         "run?). Retrain it with a lower learning rate.") from None
     out = RunDir(output_dir or default_out)
     for split, rows in predictions.items():
         out.write_predictions(split, rows)

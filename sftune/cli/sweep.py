@@ -51,7 +51,8 @@ def _main_value(o: Outcome, main: str) -> float | None:
 
 
 def _status(os_: list[Outcome]) -> str:
-    counts = {s: sum(o.status == s for o in os_) for s in ("running", "waiting", "failed", "interrupted", "queued")}
+    counts = {s: sum(o.status == s for o in os_) for s in ("running", "waiting", "failed", "diverged", "interrupted",
+                                                          "queued")}
     parts = [f"{n} {s}" for s, n in counts.items() if n]
     return ", ".join(parts) if parts else "done"
 
@@ -150,7 +151,8 @@ def summary_table(doc: dict) -> Table:
     for col in ("method", "config", "seeds", *metrics, "best"):
         table.add_column(col, justify="left" if col in ("method", "config") else "right")
     for c in doc["configs"]:
-        table.add_row(c["method"], c["config"], str(c["n_seeds"]) + (f" ({c['failed']} failed)" if c["failed"] else ""),
+        notes = [f"{c[k]} {k}" for k in ("failed", "diverged") if c.get(k)]
+        table.add_row(c["method"], c["config"], str(c["n_seeds"]) + (f" ({', '.join(notes)})" if notes else ""),
                       *[pm(c["metrics"].get(m)) for m in metrics], "★" if c["best"] else "",
                       style="bold" if c["best"] else None)
     return table
@@ -174,6 +176,9 @@ def case_table(doc: dict) -> Table:
 def print_failures(doc: dict, console: Console) -> None:
     for f in doc["failed"]:
         console.print(f"[red]failed[/red] {escape(f['run_dir'])}: {escape(f['cause'])}", highlight=False)
+    for f in doc.get("diverged", []):
+        console.print(f"[yellow]diverged[/yellow] {escape(f['run_dir'])}: {escape(f['cause'])} (left out of the "
+                      "means)", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------- command

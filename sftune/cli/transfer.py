@@ -19,6 +19,7 @@ from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate,
 from sftune.cli.render import fmt, reporter_for
 from sftune.cli.train import training_tree
 from sftune.config import build
+from sftune.engine.guard import EXIT_DIVERGED, Diverged
 from sftune.engine.loop import Interrupted, Reporter
 from sftune.errors import UsageError, unknown
 from sftune.registry import methods
@@ -165,6 +166,9 @@ def transfer(
         except Interrupted as e:
             typer.echo(f"sftune: {e}; continue with: sftune transfer ... --resume --output-dir {run.path}", err=True)
             raise typer.Exit(130) from None
+        except Diverged as e:
+            typer.echo(f"sftune: error: {e}", err=True)
+            raise typer.Exit(EXIT_DIVERGED) from None
 
     console = Console() if is_terminal() else Console(width=200)
     progress = None

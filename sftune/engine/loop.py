@@ -25,6 +25,7 @@ from sftune.data import load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sftune.engine.sparsity import SparsityMeter
 from sftune.engine.distributed import MaskCheck
+from sftune.engine.guard import NonFiniteGuard
 from sftune.engine.timing import NullTimer
 from sftune.engine.optim import build_optimizer, build_scheduler, merge_groups, param_groups, total_steps
 from sftune.methods.base import Hooks, RunContext
@@ -139,6 +140,7 @@ class Trainer:
         for plugin in self.plugins:
             plugin.on_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.guard = NonFiniteGuard(tcfg.nonfinite, check_grads=tcfg.precision != "fp16")
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
         self.mask_check = MaskCheck(self.accelerator, tcfg.check_masks, tcfg.mask_hash_log)
 
@@ -205,6 +207,7 @@ class Trainer:
         self._boundary = dataclasses.replace(st)  # the state as of the last completed optimizer step
         self.model.train()
         self._t_start = time.perf_counter() - st.train_seconds
+        self._last_save = time.monotonic()
         window = {"loss": 0.0, "n": 0, "examples": 0, "t": time.perf_counter()}
         try:
             while st.step < self.total_steps:
@@ -246,7 +249,8 @@ class Trainer:
             if cfg.eval_every and st.step % cfg.eval_every == 0:
                 self._evaluate_and_record()
             save_every = cfg.save_every or cfg.eval_every
-            if save_every and st.step % save_every == 0:
+            overdue = cfg.save_minutes and time.monotonic() - self._last_save >= cfg.save_minutes * 60
+            if (save_every and st.step % save_every == 0) or overdue:
                 self.save_checkpoint()
 
     def _is_log_step(self, step: int) -> bool:
@@ -273,13 +277,17 @@ class Trainer:
                         loss = loss + extra
             with timer("backward"):
                 acc.backward(loss)
-            window["loss"] += loss.detach().float().item()
+            loss_value = loss.detach().float().item()
+            self.guard.note_loss(loss_value)
+            window["loss"] += loss_value
             window["n"] += 1
             window["examples"] += batch["input_ids"].shape[0]
             if not acc.sync_gradients:
                 return False
             with timer("selection"):
                 acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
+                if not self.guard.step_ok(step, self.trainable_params):  # stops, or skips the step:
+                    return self._skip_step()  # non-finite gradients never reach a selector or the optimizer
                 for plugin in self.plugins:
                     plugin.after_backward(step)
             measure = self.cfg.train.measure_changed and self._is_log_step(step)
@@ -306,6 +314,12 @@ class Trainer:
             timer.end_step()
         return True
 
+    def _skip_step(self) -> bool:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # the schedule keeps counting steps, as with mixed precision's skipped steps
+        self.phases.end_step()
+        return True
+
     def _log(self, window: dict) -> None:
         st = self.state
         now = time.perf_counter()
@@ -316,6 +330,8 @@ class Trainer:
         record.update(self.meter.record(selected))
         for plugin in self.plugins:
             record.update(plugin.stats())
+        if self.guard.skipped:
+            record["skipped_steps"] = self.guard.skipped
         window.update(loss=0.0, n=0, examples=0, t=now)
         self._record(record)
 
@@ -326,6 +342,7 @@ class Trainer:
 
     def _evaluate_and_record(self, final: bool = False) -> dict:
         self.reporter.evaluating(self.state.step)
+        self.guard.check_weights(self.state.step, self.accelerator.unwrap_model(self.model))
         results, preds = self.evaluate()
         self.state.last_eval = {s: r for s, r in results.items()}
         record = {"type": "eval", "step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
@@ -339,6 +356,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.run_dir or not self.accelerator.is_main_process:
             return
+        self.guard.check_weights(self._boundary.step, self.accelerator.unwrap_model(self.model))
+        self._last_save = time.monotonic()
         state = dataclasses.asdict(self._boundary)
         save_checkpoint(self.run_dir.checkpoint, self.accelerator.unwrap_model(self.model), self.optimizer,
                         self.scheduler, self.plugins, state, self._rng)
@@ -363,6 +382,7 @@ class Trainer:
                 outs.append(logits.cpu())
                 golds.append(labels.cpu())
             logits = torch.cat(outs)
+            NonFiniteGuard.check_outputs(self.state.step, split, logits)  # no metric from NaN outputs
             gold = torch.cat(golds)
             rows = []
             if self.task.is_regression:

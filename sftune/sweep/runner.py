@@ -63,7 +63,7 @@ class Outcome:
 
 
 def state_of(run_dir: RunDir) -> str:
-    if run_dir.is_complete():
+    if run_dir.final_status() in ("complete", "diverged"):  # over: a diverged run would diverge again
         return "skip"
     if run_dir.config.is_file() and (run_dir.checkpoint / "trainer_state.json").is_file():
         return "resume"
@@ -155,6 +155,11 @@ def child_env(slot: int, jobs: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
+def diverged_cause(results: dict | None) -> str:
+    d = (results or {}).get("diverged") or {}
+    return f"diverged at step {d.get('step')}: {d.get('what')} is {d.get('value')}" if d else ""
+
+
 def failure_cause(log: Path | None, rc: int) -> str:
     """The child's one-line error, else the last line of its traceback, else how it exited."""
     try:
@@ -203,7 +208,9 @@ class Runner:
                     action = state_of(self._dir(o))
                     if action == "skip":
                         o.lock.release()
-                        o.action, o.status, o.results = "skip", "cached", read_results(self._dir(o))
+                        o.action, o.results = "skip", read_results(self._dir(o))
+                        o.status = "diverged" if (o.results or {}).get("status") == "diverged" else "cached"
+                        o.cause = diverged_cause(o.results)
                         self.on_event("skip", o)
                         continue
                     self._start(o, action, free.pop(0))
@@ -257,6 +264,9 @@ class Runner:
         run_dir = self._dir(o)
         if run_dir.is_complete():
             o.status, o.results = "complete", read_results(run_dir)
+        elif run_dir.final_status() == "diverged":
+            o.status, o.results = "diverged", read_results(run_dir)
+            o.cause = diverged_cause(o.results)
         elif stopping or rc in (130, -signal.SIGINT):
             o.status = "interrupted"
         else:

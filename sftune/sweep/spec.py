@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftune.config import build, deep_merge, parse_reg, parse_set, set_dotted
+from sftune.config import build, deep_merge, parse_reg, parse_set, refuse_remote_code, set_dotted
 from sftune.errors import UsageError, did_you_mean, unknown
 
 # Options of `sftune train` a sweep passes through: spec key -> (train flag, config key).
@@ -422,7 +422,9 @@ class Planner:
         s = self.spec
         tree: dict = {"model": {"name": s.model}, "task": s.task, "method": {"name": method}}
         if self.preset:
-            tree = deep_merge(tree, self.preset.for_task(s.task, method))
+            preset_tree = self.preset.for_task(s.task, method)
+            refuse_remote_code(preset_tree, f"preset {self.preset.name}")
+            tree = deep_merge(tree, preset_tree)
             tree["preset"] = self.preset.name
         for key, value in s.options.items():
             if key == "stratified":
@@ -438,8 +440,11 @@ class Planner:
         regs = [parse_reg(r) for r in self.all_regs(params)]
         if regs:
             tree["regs"] = list(tree.get("regs") or []) + regs
+        sets: dict = {}
         for key, value in self.all_sets(method, params):
+            set_dotted(sets, key, value)
             set_dotted(tree, key, value)
+        refuse_remote_code(sets, "the sweep's set/grid entries")
         return tree
 
     def all_sets(self, method: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:

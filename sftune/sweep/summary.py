@@ -31,7 +31,7 @@ class Record:
     config: str
     seed: int | None
     run_dir: str  # relative to the sweep's output directory
-    status: str  # complete, cached, failed, interrupted, queued, waiting, running
+    status: str  # complete, cached, diverged, failed, interrupted, queued, waiting, running
     params: dict[str, str] = field(default_factory=dict)
     action: str = ""
     cause: str = ""
@@ -81,7 +81,8 @@ def summarize(records: list[Record], task: str | None = None) -> dict:
             metrics[name] = {"mean": mean, "std": std, "n": len(values)}
         configs.append({"method": method, "config": config, "params": dict(rs[0].params),
                         "seeds": sorted(r.seed for r in done if r.seed is not None), "n_seeds": len(done),
-                        "n_runs": len(rs), "failed": sum(r.status == "failed" for r in rs), "metrics": metrics})
+                        "n_runs": len(rs), "failed": sum(r.status == "failed" for r in rs),
+                        "diverged": sum(r.status == "diverged" for r in rs), "metrics": metrics})
     best: dict[str, dict] = {}
     for c in configs:
         score = c["metrics"].get(main, {}).get("mean") if main else None
@@ -95,11 +96,16 @@ def summarize(records: list[Record], task: str | None = None) -> dict:
     runs = [{"method": r.method, "config": r.config, "params": r.params, "seed": r.seed, "run_dir": r.run_dir,
              "status": r.status, "action": r.action, "cause": r.cause, "metrics": r.metrics} for r in records]
     failed = [{"run_dir": r.run_dir, "cause": r.cause} for r in records if r.status == "failed"]
+    # A diverged run is a result (this configuration does not train), not a crash: over, never retried,
+    # left out of the means and counted apart.
+    diverged = [{"run_dir": r.run_dir, "cause": r.cause} for r in records if r.status == "diverged"]
     counts = {"runs": len(records), "done": sum(r.status in DONE for r in records), "failed": len(failed),
-              "interrupted": sum(r.status == "interrupted" for r in records)}
-    counts["not_run"] = counts["runs"] - counts["done"] - counts["failed"] - counts["interrupted"]
-    return {"main_metric": main, "complete": counts["done"] == counts["runs"], "counts": counts,
-            "configs": configs, "best": best, "failed": failed, "runs": runs}
+              "diverged": len(diverged), "interrupted": sum(r.status == "interrupted" for r in records)}
+    counts["not_run"] = (counts["runs"] - counts["done"] - counts["failed"] - counts["diverged"]
+                         - counts["interrupted"])
+    return {"main_metric": main, "complete": counts["done"] + counts["diverged"] == counts["runs"],
+            "counts": counts, "configs": configs, "best": best, "failed": failed, "diverged": diverged,
+            "runs": runs}
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -152,11 +158,14 @@ def scan(root: Path) -> list[Record]:
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if results.get("status") != "complete":
+        status = results.get("status")
+        if status not in ("complete", "diverged"):
             continue
         config = rel.parent.name if rel.parent.parts else rel.name
+        d = results.get("diverged") or {}
+        cause = f"diverged at step {d.get('step')}: {d.get('what')} is {d.get('value')}" if d else ""
         records.append(Record(task=results.get("task", ""), method=results.get("method", ""), config=config,
-                              seed=results.get("seed"), run_dir=str(rel), status="complete",
+                              seed=results.get("seed"), run_dir=str(rel), status=status, cause=cause,
                               params=parse_slug(config), results=results))
     return records
 
