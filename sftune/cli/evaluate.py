@@ -57,6 +57,12 @@ def evaluate(
     run = RunDir(target)
     tree: dict = {"task": task_name, "method": {"name": "full"}}
     diff_path = run.path / "diff.safetensors"
+    if run.config.is_file() and not run.is_complete():
+        status = run.final_status() or run.status() or "unknown"
+        todo = ("retrain with a lower learning rate" if status == "diverged" else
+                f"finish it with sftune train --resume --output-dir {target}")
+        raise UsageError(f"{target} is not a complete run (status: {status}): it has no final model to evaluate. "
+                         f"To evaluate it, {todo}.")
     if run.config.is_file() and not run.model.is_dir():
         if not diff_path.is_file():
             raise UsageError(f"{target} kept no weights (train.keep_weights=none): it cannot be evaluated again. "
@@ -65,12 +71,6 @@ def evaluate(
     if from_diff and not (run.config.is_file() and diff_path.is_file()):
         raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
                          "the weights write one). Evaluate the run directory without --from-diff.")
-    if run.config.is_file() and not run.is_complete():
-        status = run.final_status() or run.status() or "unknown"
-        todo = ("retrain with a lower learning rate" if status == "diverged" else
-                f"finish it with sftune train --resume --output-dir {target}")
-        raise UsageError(f"{target} is not a complete run (status: {status}): it has no final model to evaluate. "
-                         f"To evaluate it, {todo}.")
     if run.config.is_file() and (run.model.is_dir() or from_diff):
         stored = load_yaml(run.config, what="run config")
         check_same_labels(str(stored.get("task", "")), task_name, target)
