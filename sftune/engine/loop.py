@@ -117,6 +117,8 @@ class Trainer:
                          head=head_prefixes(self.model))
         for plugin in self.plugins:
             plugin.setup(ctx)
+        # setup may add parameters (LoRA injects adapters): group them too (ctx.groups is this dict)
+        self.groups.update(group_of_params(self.model))
         for name, p in self.model.named_parameters():
             votes = [v for v in (pl.trainable(name, p) for pl in self.plugins) if v is not None]
             p.requires_grad_(all(votes) if votes else True)
