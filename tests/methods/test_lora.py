@@ -223,3 +223,21 @@ def test_cli_dora_run_resumes_to_the_same_adapter(cli, tiny_bert, glue_dir, tmp_
     b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any("magnitude" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sparse_methods_take_loras_budget(cli, tiny_bert, glue_dir, tmp_path):
+    """method.lora_rank gives Random/Top/Stochastic k = LoRA's adapter entries on the same model, and a sweep
+    passes method.rank to lora only and method.lora_rank to the sparse methods only."""
+    out = tmp_path / "random"
+    code, _, stderr = cli("train", tiny_bert, "rte", "--data-dir", glue_dir, "--method", "random", "--max-steps", "1",
+                          "--batch-size", "4", "--set", "data.train_size=8", "--set", "data.eval_batch_size=128",
+                          "--set", "method.lora_rank=2", "--set", "train.log_every=1", "-o", out)
+    assert code == 0, stderr
+    record = next(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x)
+    assert record["budget_k"] == adapter_entries(tiny_bert_model(tiny_bert), 2) > 0
+    code, stdout, stderr = cli("sweep", tiny_bert, "rte", "--method", "lora,stochastic", "--set", "method.rank=2",
+                               "--set", "method.lora_rank=2", "--seeds", "1", "--dry-run", "-o", tmp_path / "sw")
+    assert code == 0, stderr
+    code, _, stderr = cli("train", tiny_bert, "rte", "--data-dir", glue_dir, "--method", "top", "--set",
+                          "method.lora_rank=2", "--set", "method.k=5", "--dry-run", "-o", tmp_path / "x")
+    assert code == 2 and "set one of method.k, method.density and method.lora_rank" in stderr
