@@ -241,3 +241,51 @@ def test_sparse_methods_take_loras_budget(cli, tiny_bert, glue_dir, tmp_path):
     code, _, stderr = cli("train", tiny_bert, "rte", "--data-dir", glue_dir, "--method", "top", "--set",
                           "method.lora_rank=2", "--set", "method.k=5", "--dry-run", "-o", tmp_path / "x")
     assert code == 2 and "set one of method.k, method.density and method.lora_rank" in stderr
+
+
+# ------------------------------------------------------------------------------------- memory estimate
+def test_estimate_of_lora_counted_by_hand():
+    """--estimate on a tiny Llama: weights, gradients and AdamW state of full and LoRA from the config's sizes."""
+    from sftune.profile.common import Cell
+    from sftune.profile.estimate import estimate_cell
+
+    config = tiny("llama").config
+    V, L, kv, labels = 64, 2, KV_HEADS * (H // HEADS), 2
+    per_layer = H * H + 2 * H * kv + H * H + 3 * H * I + 2 * H  # q, k, v, o, gate/up/down, two RMSNorms
+    base = V * H + L * per_layer + H + H * labels  # embeddings, layers, final norm, score head (no bias)
+    adapters = L * R * ((H + H) + 2 * (H + kv) + (H + H) + 2 * (H + I) + (I + H))
+    buffers = 2 * 4 * (H // HEADS // 2)  # rotary inv_freq and original_inv_freq: head_dim / 2 floats each
+    cells = {m: estimate_cell(Cell(model="tiny-llama", task="sst2", method=m, batch_size=2, seq_len=8,
+                                   sets={"method.rank": str(R)} if m == "lora" else {}), config)
+             for m in ("full", "lora")}
+    full, lora = cells["full"]["parts_max"], cells["lora"]["parts_max"]
+    assert full["weights"] == 4 * base + buffers and full["gradients"] == 4 * base
+    assert full["optimizer"] == 2 * 4 * base
+    head_copy = H * labels  # peft's modules_to_save: the trained copy beside the original head
+    assert lora["weights"] == 4 * (base + adapters + head_copy) + buffers
+    assert lora["gradients"] == 4 * (adapters + head_copy) and lora["optimizer"] == 2 * 4 * (adapters + head_copy)
+    assert cells["lora"]["trainable"] == adapters + head_copy and lora["method_state"] == 0
+
+
+def test_measured_lora_profile_matches_the_estimate(tiny_bert):
+    """sftune memprofile runs LoRA cells; the measured weights, gradients and AdamW state equal the estimate's
+    counts and the meta forward's saved tensors (adapter dropout copies included) match the real ones."""
+    from typer.testing import CliRunner
+
+    from sftune.cli import app, quiet_libraries
+    from sftune.profile.common import Cell
+    from sftune.profile.estimate import estimate
+
+    quiet_libraries()
+    result = CliRunner().invoke(app, ["memprofile", str(tiny_bert), "rte", "--methods", "lora", "--batch-sizes", "2",
+                                      "--seq-len", "16", "--steps", "2", "--cpu", "--format", "json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    (cell,) = json.loads(result.stdout)["cells"]
+    assert cell["status"] == "ok", cell
+    (est,) = estimate([Cell(model=str(tiny_bert), task="rte", method="lora", batch_size=2, seq_len=16, steps=2)])
+    got, want = cell["parts_max"], est["parts_max"]
+    assert got["weights"] == want["weights"] and got["gradients"] == want["gradients"]
+    assert want["optimizer"] <= got["optimizer"] <= want["optimizer"] * 1.01  # AdamW's step scalars
+    assert abs(got["activations"] - want["activations"]) <= 0.02 * got["activations"]
+    assert 0 < cell["trainable"] == est["trainable"] < cell["params"] / 4
