@@ -289,3 +289,21 @@ def test_measured_lora_profile_matches_the_estimate(tiny_bert):
     assert want["optimizer"] <= got["optimizer"] <= want["optimizer"] * 1.01  # AdamW's step scalars
     assert abs(got["activations"] - want["activations"]) <= 0.02 * got["activations"]
     assert 0 < cell["trainable"] == est["trainable"] < cell["params"] / 4
+
+
+def test_transfer_evaluates_a_lora_run_from_its_adapter(cli, tiny_bert, glue_dir, tmp_path):
+    from test_transfer import write_stand_in
+
+    train = tmp_path / "nli3.tsv"
+    write_stand_in(glue_dir, train, slice(0, 32))
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("transfer", tiny_bert, "--source", "mnli", "--targets", "rte", "--train-file", train,
+                               "--validation-file", train, "--data-dir", glue_dir, "--method", "lora", "--max-steps",
+                               "2", "--batch-size", "8", "--set", "data.eval_batch_size=256", "-o", out,
+                               "--format", "json")
+    assert code == 0, stderr
+    assert not (out / "model").exists() and (out / "adapter").is_dir()
+    first = json.loads(stdout)["metrics"]["rte/accuracy"]
+    code, stdout, stderr = cli("transfer", out, "--targets", "rte", "-o", tmp_path / "again", "--format", "json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["metrics"]["rte/accuracy"] == first
