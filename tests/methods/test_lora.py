@@ -307,3 +307,26 @@ def test_transfer_evaluates_a_lora_run_from_its_adapter(cli, tiny_bert, glue_dir
     code, stdout, stderr = cli("transfer", out, "--targets", "rte", "-o", tmp_path / "again", "--format", "json")
     assert code == 0, stderr
     assert json.loads(stdout)["metrics"]["rte/accuracy"] == first
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_meta_forward_saves_what_the_cpu_forward_saves_on_a_decoder(method):
+    """The estimate's meta forward counts attention as the fused kernel a real causal decoder forward runs (no
+    B x H x L x L probabilities), with and without LoRA's adapter-dropout copies."""
+    from sftune.profile.estimate import activation_bytes, meta_batch, meta_model
+
+    real = tiny("llama")
+    meta = meta_model(real.config)
+    for model in (real, meta):
+        if method == "lora":
+            adapt(model, rank=R)
+        else:
+            model.requires_grad_(True)
+    length = 32
+    batch = meta_batch(real.config, 4, length)
+    real_batch = {"input_ids": torch.randint(1, 64, (4, length)), "labels": torch.zeros(4, dtype=torch.long)}
+    want = activation_bytes(real, real_batch)
+    got = activation_bytes(meta, batch)
+    probabilities = 2 * 4 * HEADS * length * length * 4  # two layers' softmax outputs, float32
+    assert abs(got - want) <= 0.02 * want and want > 0
+    assert probabilities > 0.1 * want  # the math path's probabilities would be far outside the tolerance
