@@ -21,6 +21,7 @@ from sftune.engine.guard import Diverged
 from sftune.engine.loop import Interrupted, Reporter, Trainer
 from sftune.errors import UsageError
 from sftune.trackers import with_trackers
+from sftune.models import group_of_params
 
 
 def default_output_dir(cfg: RunConfig) -> Path:
@@ -198,19 +199,25 @@ def _manifest(run_dir: RunDir, cfg: RunConfig, trainer: Trainer, resume: bool) -
 
 def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
-    tmp = run_dir.path / "model.tmp"
-    try:
-        with saving(tmp):
-            model.save_pretrained(tmp, safe_serialization=True)
-            trainer.tokenizer.save_pretrained(tmp)
-            match_umask(*tmp.glob("*.safetensors"))
-        replace_dir(tmp, run_dir.model)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no half-written model.tmp/
+    info = trainer.info()  # before a method's export changes the model
+    groups, write_model = trainer.groups, True
+    export = getattr(trainer.method, "export", None)
+    if export is not None:  # LoRA: writes adapter/, gives the merged plain model and whether to save it
+        model, write_model = export(run_dir.path, trainer.tokenizer)
+        groups = group_of_params(model)
+    if write_model:
+        tmp = run_dir.path / "model.tmp"
+        try:
+            with saving(tmp):
+                model.save_pretrained(tmp, safe_serialization=True)
+                trainer.tokenizer.save_pretrained(tmp)
+                match_umask(*tmp.glob("*.safetensors"))
+            replace_dir(tmp, run_dir.model)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no half-written model.tmp/
     for split, rows in trainer.final_predictions.items():
         run_dir.write_predictions(split, rows)
     first = next(iter(metrics))
-    info = trainer.info()
     results = {
         "status": "complete",
         "run_dir": str(run_dir.path),
@@ -229,10 +236,10 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
     }
     # Changed entries vs the pre-trained weights (and the sparse diff artifact when it is smaller).
     reference = trainer.reference_weights()
-    counts = changed_counts(model, reference, trainer.groups)
+    counts = changed_counts(model, reference, groups)
     results["sparsity"] = counts
     if counts["share"] < 0.5:
-        results["diff"] = {k: v for k, v in save_diff(model, reference, trainer.groups, run_dir.path).items()
+        results["diff"] = {k: v for k, v in save_diff(model, reference, groups, run_dir.path).items()
                            if k != "changed"}
     del reference
     for plugin in trainer.plugins:

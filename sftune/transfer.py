@@ -535,8 +535,15 @@ def evaluate_run(run: RunDir, source: str, targets: list[TargetData], mappings: 
             continue
         if loaded is None:  # only when something needs evaluating
             device = device_for(cfg.train.cpu)
-            model = load_model(str(run.model), task.num_labels, labels, cfg.model.trust_remote_code)
-            loaded = (load_tokenizer(str(run.model), cfg.model.trust_remote_code), model.to(device).eval(), device)
+            source_model = str(run.model)
+            if not run.model.is_dir() and (run.path / "adapter").is_dir():  # a LoRA run without model/
+                source_model = cfg.model.name
+            model = load_model(source_model, task.num_labels, labels, cfg.model.trust_remote_code)
+            if source_model != str(run.model):
+                from sftune.methods.lora import load_adapter
+
+                model = load_adapter(model, run.path / "adapter")
+            loaded = (load_tokenizer(source_model, cfg.model.trust_remote_code), model.to(device).eval(), device)
         tokenizer, model, device = loaded
         t0 = time.time()
         idxs, probs = predict(model, tokenizer, target.dataset, cfg.task, cfg.data.max_length,

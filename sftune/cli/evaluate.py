@@ -71,11 +71,15 @@ def evaluate(
     if from_diff and not (run.config.is_file() and diff_path.is_file()):
         raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
                          "the weights write one). Evaluate the run directory without --from-diff.")
-    if run.config.is_file() and (run.model.is_dir() or from_diff):
+    # A LoRA run without model/ (no method.merge): its base model plus adapter/, merged after loading.
+    adapter = run.path / "adapter"
+    from_adapter = run.config.is_file() and not run.model.is_dir() and not from_diff and adapter.is_dir()
+    if run.config.is_file() and (run.model.is_dir() or from_diff or from_adapter):
         stored = load_yaml(run.config, what="run config")
         check_same_labels(str(stored.get("task", "")), task_name, target)
         base = dict(stored.get("model") or {})
-        tree["model"] = {**base, "dropout": None} if from_diff else {"name": str(run.model), "dropout": None}
+        on_base = from_diff or from_adapter
+        tree["model"] = {**base, "dropout": None} if on_base else {"name": str(run.model), "dropout": None}
         tree["data"] = dict(stored.get("data") or {})
         if stored.get("task") != task_name:  # another task's files would not fit
             tree["data"].update(train_file=None, validation_file=None, text_columns=None)
@@ -100,6 +104,10 @@ def evaluate(
     trainer.build(need_train=False)
     if from_diff:
         apply_diff(trainer.accelerator.unwrap_model(trainer.model), diff_path)
+    if from_adapter:
+        from sftune.methods.lora import load_adapter
+
+        load_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter)
     try:
         metrics, predictions = trainer.evaluate()
     except Diverged as e:  # e.g. a run written before divergence was detected: no metric from NaN outputs

@@ -48,7 +48,9 @@ def _methods(text: str) -> list[str]:
 def memprofile(
     model: Annotated[str, typer.Argument(help="Local directory, Hub id, 'minilm', or a built-in random-weight "
                                               "shape: shape:roberta-base, shape:roberta-large, "
-                                              "shape:bert-base-uncased, shape:bert-large-uncased.")],
+                                              "shape:bert-base-uncased, shape:bert-large-uncased; decoders "
+                                              "shape:smollm2-135m, shape:qwen2.5-0.5b, shape:llama-3.2-1b, "
+                                              "shape:llama-3-8b (estimate only).")],
     task: Annotated[str, typer.Argument(help="Task whose label count the head gets (default rte).")] = "rte",
     methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated methods (columns).")]
     = _DEFAULT_METHODS,

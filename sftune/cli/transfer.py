@@ -107,7 +107,7 @@ def transfer(
     given = RunDir(model)
     reuse = given.config.is_file()
     if reuse:
-        if not given.model.is_dir():
+        if not given.model.is_dir() and not (given.path / "adapter").is_dir():  # LoRA runs: adapter/
             raise UsageError(f"run directory {model} has no model/ (an unfinished run?). Finish it with "
                              "'sftune train ... --resume' or 'sftune transfer ... --resume'.")
         training = {"--source": source, "--method": method, "--mask-mode": mask_mode, "--preset": preset,

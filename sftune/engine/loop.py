@@ -122,6 +122,8 @@ class Trainer:
                          head=head_prefixes(self.model))
         for plugin in self.plugins:
             plugin.setup(ctx)
+        # setup may add parameters (LoRA injects adapters): group them too (ctx.groups is this dict)
+        self.groups.update(group_of_params(self.model))
         for plugin in self.plugins:  # scoring passes see the model every plug-in has changed (methods.md 0)
             plugin.after_setup()
         for name, p in self.model.named_parameters():

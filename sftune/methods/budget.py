@@ -23,6 +23,9 @@ class BudgetOptions:
     k: int | None = option(None, "Entries updated per step; default: the model's BitFit count (its biases).")
     density: float | None = option(None, "Alternative to k: the share of candidate entries per step.")
     include_embeddings: bool = option(False, "Let embedding entries be selected (sftune default: excluded).")
+    lora_rank: int | None = option(None, "Alternative to k: the entries LoRA of this rank trains on this model "
+                                   "(its adapters on the default targets, not the head), for equal-budget "
+                                   "comparisons with --method lora.")
 
 
 def candidate_modules(model: nn.Module) -> dict[str, str]:
@@ -55,9 +58,16 @@ class BudgetMethod(MaskedMethod):
         bitfit = sum(p.numel() for name, p in self.params.items()
                      if name.endswith("bias") and ctx.groups[name] != "head")
         o = self.options
-        if o.k is not None and o.density is not None:
-            raise UsageError(f"method {self.name}: set method.k or method.density, not both.")
+        if sum(x is not None for x in (o.k, o.density, o.lora_rank)) > 1:
+            raise UsageError(f"method {self.name}: set one of method.k, method.density and method.lora_rank.")
         self.k = o.k if o.k is not None else (round(o.density * n) if o.density is not None else bitfit)
+        if o.lora_rank is not None:
+            from sftune.methods.lora import adapter_entries
+
+            if o.lora_rank < 1:
+                raise UsageError(f"method {self.name}: lora_rank={o.lora_rank} must be a positive rank.")
+
+            self.k = adapter_entries(ctx.model, o.lora_rank)
         if not 1 <= self.k <= n:
             raise UsageError(f"method {self.name}: k={self.k} must be between 1 and the {n:,} candidate entries.")
         self.generator = ctx.generator(self.name)

@@ -33,6 +33,27 @@ SHAPES: dict[str, tuple[str, dict]] = {
     "bert-base-uncased": ("bert", dict(_BERT, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                        intermediate_size=3072)),
     "bert-large-uncased": ("bert", dict(_BERT, **_LARGE)),
+    # Decoders, from their published config.json values (rope scaling left out: it changes no tensor's size).
+    # The pad id is one the tokenizer defines (SmolLM2, Qwen2.5) or a reserved Llama 3 token; the synthetic
+    # batches never contain it, so the sequence-classification head reads the last token.
+    "smollm2-135m": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                                   rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=2)),
+    "qwen2.5-0.5b": ("qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                                   rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                   bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)),
+    "llama-3.2-1b": ("llama", dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                   num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                                   max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+                                   tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+                                   pad_token_id=128004)),
+    # Estimate only (sftune memprofile --estimate): 32 GB of float32 weights alone.
+    "llama-3-8b": ("llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                                 rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                 bos_token_id=128000, eos_token_id=128001, pad_token_id=128004)),
 }
 
 PRECISIONS = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}  # --precision -> train.precision

@@ -23,6 +23,7 @@ part of a measured profile) and backward temporaries are not estimated.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -53,11 +54,48 @@ class _NoAccelerator:
         return model
 
 
-def meta_model(config):
-    from transformers import AutoModelForSequenceClassification
+FUSED = "sftune-fused-estimate"  # the attention function registered with transformers for the meta forward
 
+
+class _FusedAttention(torch.autograd.Function):
+    """A fused SDPA kernel's footprint on the meta device. On meta tensors torch runs SDPA's math path, which
+    saves the B x H x L x L probabilities; the CPU flash kernel and CUDA's flash and memory-efficient kernels
+    save only q, k, v (key/value heads not repeated), the output and a logsumexp per query (measured on CPU:
+    a SmolLM2-shaped layer at 512 tokens saves 25.4 MiB, the meta math path 35.9 MiB)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value):
+        out = torch.empty_like(query)
+        ctx.save_for_backward(query, key, value, out, query.new_empty(query.shape[:-1]))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - the estimate never runs backward
+        raise NotImplementedError
+
+
+def _fused_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function: the fused stand-in where a fused kernel would run (no mask, no
+    dropout: decoders with a causal mask and no padding); the real SDPA function otherwise (attention dropout
+    makes CPU take the math path too)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    return _FusedAttention.apply(query, key, value).transpose(1, 2).contiguous(), None
+
+
+def meta_model(config):
+    from transformers import AttentionInterface, AutoModelForSequenceClassification
+
+    AttentionInterface.register(FUSED, _fused_attention)
+    config = copy.deepcopy(config)  # from_config records the attention choice in the config it is given
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
+        try:  # models without transformers' attention interface keep their own attention
+            return AutoModelForSequenceClassification.from_config(config, attn_implementation=FUSED)
+        except (ValueError, TypeError):
+            return AutoModelForSequenceClassification.from_config(config)
 
 
 def meta_batch(config, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
