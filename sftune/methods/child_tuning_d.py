@@ -26,19 +26,30 @@ class ChildTuningD(MaskedMethod):
     summary = "Child-Tuning D: a Fisher-information mask over the encoder layers, computed once, fixed for the run."
     details = ("Xu et al. 2021 (PKUnlp-icler/ChildTuning). Before training, one pass over the shuffled training "
                "set in train mode: per batch each candidate gradient is clipped to max_grad_norm separately and "
-               "F += g^2 / n_batches. Candidates: parameters whose name contains 'layer' (encoder layers); "
-               "embeddings, pooler and head always train. One global threshold tau = the (1-p) quantile of all "
+               "F += g^2 / n_batches. Candidates: parameters whose name contains 'layer' (encoder layers) or that "
+               "sit in the model's layer stack (decoders: Llama model.layers, GPT-2 transformer.h); embeddings, "
+               "pooler, final norm and head always train. With a causal-LM task the Fisher pass uses the LM loss. One global threshold tau = the (1-p) quantile of all "
                "candidate scores (NumPy percentile, linear interpolation, computed on the device); M = F >= tau. "
                "The mask is kept as bool (1 B per candidate entry) and saved bit-packed in checkpoints.")
     Options = ChildTuningDOptions
     flat_capable = True  # select() returns a FlatMask
 
     def candidate(self, name, param) -> bool:
-        return "layer" in name and self.ctx.groups[name] != "head"
+        if self.ctx.groups[name] == "head":
+            return False
+        # The reference's rule ('layer' in the name) plus the structural layer stack, which GPT-2's
+        # transformer.h.N does not spell with 'layer'.
+        return "layer" in name or name.startswith(self._stack)
+
+    def _layer_prefixes(self, model) -> tuple[str, ...]:
+        from sftune.architecture import layer_stack
+
+        return tuple(f"{n}." for n, _ in layer_stack(model))
 
     def setup(self, ctx) -> None:
         if not 0 < self.options.p <= 1:
             raise UsageError(f"method child-tuning-d: p={self.options.p} must be in (0, 1] (the share kept).")
+        self._stack = self._layer_prefixes(ctx.model)
         super().setup(ctx)
         if not self.candidates:
             raise UsageError("method child-tuning-d: the model has no parameters whose name contains 'layer'.")
