@@ -95,6 +95,10 @@ def load_lm_splits(task: Task, cfg: DataConfig, need_train: bool = True) -> Spli
 def _from_hub(task: Task, cfg: DataConfig, need_train: bool) -> Splits:
     import datasets
 
+    if not task.hub_dataset:
+        raise UsageError(f"task {task.name} has no Hub dataset: give --train-file/--validation-file (JSON lines "
+                         "with prompt/response fields or chat messages) or --data-dir DIR (with "
+                         f"{', '.join(task.dir_files.values())}).")
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(task.hub_dataset, task.hub_config)

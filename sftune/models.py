@@ -61,6 +61,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
         raise _hub_error(name, e) from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # decoder LMs (GPT-2, Llama) often ship no pad token: pad with EOS
+    # Batches pad on the right whatever the checkpoint prefers (some decoder tokenizers say left): with left
+    # padding, models with absolute positions (GPT-2) would see shifted positions. Generation left-pads on its
+    # own (sftune.generation) and passes the attention mask, from which generate() derives the positions.
+    tok.padding_side = "right"
     return tok
 
 

@@ -86,3 +86,13 @@ def gsm8k_dir() -> Path:
     if not (GSM8K / "train.jsonl").is_file():
         pytest.skip(f"GSM8K files not found at {GSM8K}")
     return GSM8K
+
+
+@pytest.fixture(scope="session")
+def gsm8k_small(gsm8k_dir, tmp_path_factory) -> Path:
+    """The first 32 training and 8 test rows of the real GSM8K files, in the same layout (fast to read)."""
+    root = tmp_path_factory.mktemp("gsm8k_small")
+    for name, n in (("train.jsonl", 32), ("test.jsonl", 8)):
+        lines = (gsm8k_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+        (root / name).write_text("".join(lines), encoding="utf-8")
+    return root
