@@ -79,3 +79,17 @@ def test_regularisers_on_the_lm_loss(cli, tiny_lms, gsm8k_small, tmp_path, reg, 
         assert all(r[f"{name}/kl"] >= 0 for r in train)
     if name == "mixout":
         assert 0 < train[0]["mixout/kept"] < 1
+
+
+def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small, tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = _train(cli, tiny_lms["llama"], "gsm8k", gsm8k_small, out, "--method", "full")
+    assert code == 0, stderr
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=3", "--format", "json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert set(doc["metrics"]["test"]) == {"loss", "perplexity", "exact_match"}
+    rows = [json.loads(x) for x in (out / "eval-gsm8k" / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert [r["idx"] for r in rows] == [0, 1, 2]
+    assert all(set(r) == {"idx", "label", "prediction", "correct", "generated"} for r in rows)
+    assert rows[0]["label"] == "18"  # the first GSM8K test answer's number after ####
