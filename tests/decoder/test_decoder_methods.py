@@ -93,3 +93,15 @@ def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small
     assert [r["idx"] for r in rows] == [0, 1, 2]
     assert all(set(r) == {"idx", "label", "prediction", "correct", "generated"} for r in rows)
     assert rows[0]["label"] == "18"  # the first GSM8K test answer's number after ####
+
+
+@pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "stsb"])
+def test_llama_classifier_on_the_other_glue_tasks(cli, tiny_lms, glue_dir, tmp_path, task):
+    """A bias-free Llama with the decoder classification head (regression for STS-B) on each GLUE task with
+    real files here (RTE: the GPT-2 test above)."""
+    out = tmp_path / "run"
+    code, _, stderr = _train(cli, tiny_lms["llama"], task, glue_dir, out, "--method", "stochastic")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["trainable"]["head"]["total"] == 32 * (1 if task == "stsb" else 2)  # score: hidden x labels
+    assert results["main_metric"]["value"] == results["main_metric"]["value"]  # not NaN
