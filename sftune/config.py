@@ -52,7 +52,11 @@ class DataConfig:
     max_length: int = option(128, "Maximum tokens per example (longest-first truncation).")
     train_size: int | None = option(None, "Use only this many training examples, drawn from the seed.")
     stratified: bool = option(False, "Draw --train-size keeping the label proportions.")
-    eval_batch_size: int = option(64, "Batch size for evaluation.")
+    eval_batch_size: int = option(64, "Batch size for evaluation (and for generation in causal-LM tasks).")
+    eval_size: int | None = option(None, "Causal-LM tasks: evaluate on the first N examples of each evaluation "
+                                   "split only (a fixed subset, so CPU runs stay affordable).")
+    max_new_tokens: int = option(256, "Causal-LM tasks: at most this many generated tokens per answer.")
+    temperature: float = option(0.0, "Causal-LM tasks: 0 generates greedily; above 0, samples at that temperature.")
 
 
 @dataclass

@@ -198,7 +198,7 @@ def subsample(ds, size: int, seed: int, stratified: bool, task: Task):
     if size >= n:
         return ds
     rng = np.random.default_rng(seed)
-    if not stratified or task.is_regression:
+    if not stratified or task.is_regression or "label" not in ds.column_names:
         return ds.select(sorted(rng.choice(n, size=size, replace=False).tolist()))
     labels = np.asarray(ds["label"])
     classes, counts = np.unique(labels, return_counts=True)

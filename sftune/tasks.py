@@ -3,6 +3,11 @@
 One `Task` per GLUE task. `hub_*` fields describe the `nyu-mll/glue` dataset on the Hugging Face Hub;
 `dir_*` fields describe the original GLUE TSV layout (as in ../shared/data/glue). Every source is turned
 into the same three columns, `text_a`, `text_b` (pair tasks) and `label`, before tokenisation.
+
+A task declares its objective: `classification` (GLUE: a sequence-classification head, encoder or decoder) or
+`causal-lm` (instruction data: a causal LM trained on the response tokens, evaluated by validation loss and
+perplexity and, at the end and in `sftune eval`, by generating answers scored with the task's `scorer`;
+sftune/lm_data.py, causal_lm.py, generation.py).
 """
 
 from __future__ import annotations
@@ -27,10 +32,19 @@ class Task:
     dir_label: str = "label"
     dir_columns: tuple[str, ...] | None = None  # column names of a headerless TSV (CoLA)
     description: str = ""
+    objective: str = "classification"  # or "causal-lm"
+    hub_dataset: str = "nyu-mll/glue"
+    prompt_field: str = "prompt"  # causal-lm: the row fields of the prompt and the gold response
+    response_field: str = "response"
+    scorer: str = ""  # causal-lm: how a generated answer is scored (sftune.generation.SCORERS)
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.objective == "causal-lm"
 
     @property
     def is_regression(self) -> bool:
-        return self.label_names is None
+        return self.label_names is None and not self.is_causal_lm
 
     @property
     def num_labels(self) -> int:
@@ -71,6 +85,14 @@ TASKS: dict[str, Task] = {
              dir_name="QNLI", dir_files=_DEV, dir_text=("question", "sentence"), description="QA entailment (accuracy)"),
         Task("rte", "rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",), "accuracy",
              dir_name="RTE", dir_files=_DEV, dir_text=("sentence1", "sentence2"), description="entailment (accuracy)"),
+        Task("gsm8k", "main", ("question",), None, ("exact_match",), "exact_match", eval_splits=("test",),
+             dir_name="gsm8k", dir_files={"train": "train.jsonl", "test": "test.jsonl"}, objective="causal-lm",
+             hub_dataset="openai/gsm8k", prompt_field="question", response_field="answer", scorer="gsm8k",
+             description="grade-school maths, causal LM; exact match of the final number after ####"),
+        Task("instruct", "", ("prompt",), None, ("exact_match",), "exact_match", dir_files={
+                 "train": "train.jsonl", "validation": "validation.jsonl"}, objective="causal-lm",
+             hub_dataset="", scorer="exact",
+             description="your instruction data (JSONL prompt/response or messages), causal LM; exact match"),
     ]
 }
 

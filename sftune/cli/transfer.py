@@ -129,7 +129,7 @@ def transfer(
     else:
         source_name = (source or "mnli").lower()
         task_name = tr.SOURCES.get(source_name, source_name)
-        classifiers = {n for n, t in TASKS.items() if not t.is_regression}
+        classifiers = {n for n, t in TASKS.items() if not t.is_regression and not t.is_causal_lm}
         if task_name not in classifiers:
             raise unknown("source", source_name, sorted({*tr.SOURCES, *classifiers}),
                           "The protocol trains on mnli or snli.")

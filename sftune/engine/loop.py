@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sftune import causal_lm, lm_data
 from sftune import metrics as metric_fns
 from sftune.artifacts import RunDir
 from sftune.config import RunConfig
@@ -153,17 +154,26 @@ class Trainer:
         m = self.cfg.model
         return load_tokenizer(m.name, m.trust_remote_code, m.revision)
 
+    # Causal-LM tasks (task.is_causal_lm) read instruction data and build an AutoModelForCausalLM instead.
     def read_data(self, need_train: bool):
+        if self.task.is_causal_lm:
+            return lm_data.load_lm_splits(self.task, self.cfg.data, need_train=need_train)
         return load_splits(self.task, self.cfg.data, need_train=need_train)
 
     def encode(self, dataset):
+        if self.task.is_causal_lm:
+            return lm_data.encode_lm(dataset, self.tokenizer, self.cfg.data.max_length)
         return tokenize(dataset, self.tokenizer, self.task, self.cfg.data.max_length)
 
     def loader(self, dataset, batch_size: int, shuffle_seed: int | None = None):
+        if self.task.is_causal_lm:
+            return lm_data.make_lm_loader(dataset, self.tokenizer, batch_size, shuffle_seed=shuffle_seed)
         return make_loader(dataset, self.tokenizer, batch_size, shuffle_seed=shuffle_seed)
 
     def make_model(self):
         m = self.cfg.model
+        if self.task.is_causal_lm:
+            return causal_lm.load_causal_lm(m.name, m.trust_remote_code, m.revision, m.dropout)
         return load_model(m.name, self.task.num_labels, self.task.label_names, m.trust_remote_code, m.revision,
                           m.dropout)
 
@@ -345,7 +355,7 @@ class Trainer:
     def _evaluate_and_record(self, final: bool = False) -> dict:
         self.reporter.evaluating(self.state.step)
         self.guard.check_weights(self.state.step, self.accelerator.unwrap_model(self.model))
-        results, preds = self.evaluate()
+        results, preds = self.evaluate(generate=final)
         self.state.last_eval = {s: r for s, r in results.items()}
         record = {"type": "eval", "step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
                   **{f"{s}/{k}": v for s, r in results.items() for k, v in r.items()}}
@@ -366,8 +376,11 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-        """Metrics per eval split and per-example predictions (idx, label, prediction[, probabilities])."""
+    def evaluate(self, generate: bool = True) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+        """Metrics per eval split and per-example predictions (idx, label, prediction[, probabilities]).
+        Causal-LM tasks: loss and perplexity, plus generated answers and their score when `generate`."""
+        if self.task.is_causal_lm:
+            return causal_lm.evaluate_lm(self, generate)
         self.model.eval()
         for plugin in self.plugins:
             plugin.eval_mode()

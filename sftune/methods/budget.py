@@ -1,9 +1,11 @@
 """Shared base of the per-step, global-budget methods (random, top, stochastic; methods.md sections 1, 4).
 
-Each step, k entries are chosen among all candidate entries of the model (Linear weights and biases and
-LayerNorm parameters of the pre-trained model; embeddings excluded unless `method.include_embeddings`;
-the head trains densely). Non-candidate parameters outside the head are frozen: the budget is the whole
-sparse update. k defaults to the model's BitFit count (all biases outside the head), as in the paper.
+Each step, k entries are chosen among all candidate entries of the model (weights and biases of Linear-like
+layers, GPT-2's Conv1D included, and LayerNorm/RMSNorm parameters of the pre-trained model; embeddings, and a
+causal LM's lm_head, excluded unless `method.include_embeddings`; the head trains densely). Non-candidate
+parameters outside the head are frozen: the budget is the whole sparse update. k defaults to the model's BitFit
+count (all biases outside the head), as in the paper; a model without biases (Llama, Mistral) defaults to the
+paper's 0.08% of the candidate entries instead.
 """
 
 from __future__ import annotations
@@ -14,33 +16,48 @@ import torch
 from torch import nn
 
 from sftune.config import option
+from sftune.architecture import is_norm, is_projection, transposed
 from sftune.errors import UsageError
 from sftune.methods.masking import MaskedMethod
 
 
 @dataclass
 class BudgetOptions:
-    k: int | None = option(None, "Entries updated per step; default: the model's BitFit count (its biases).")
+    k: int | None = option(None, "Entries updated per step; default: the model's BitFit count (its biases), or "
+                           "0.08% of the candidates for a model without biases (Llama, Mistral).")
     density: float | None = option(None, "Alternative to k: the share of candidate entries per step.")
-    include_embeddings: bool = option(False, "Let embedding entries be selected (sftune default: excluded).")
+    include_embeddings: bool = option(False, "Let embedding entries (and an untied lm_head) be selected (sftune "
+                                      "default: excluded; tied weights count once).")
     lora_rank: int | None = option(None, "Alternative to k: the entries LoRA of this rank trains on this model "
                                    "(its adapters on the default targets, not the head), for equal-budget "
                                    "comparisons with --method lora.")
 
 
+# Stochastic Tuning's budget as a share of the candidates: the paper's 0.08%, used when the model has no biases.
+BIAS_FREE_DENSITY = 0.0008
+
+
 def candidate_modules(model: nn.Module) -> dict[str, str]:
-    """Parameter name -> kind ('linear_weight', 'bias', 'ln_weight', 'ln_bias') for Linear and LayerNorm."""
+    """Parameter name -> kind ('linear_weight', 'conv1d_weight', 'bias', 'ln_weight', 'ln_bias', 'embedding') for
+    Linear-like layers (nn.Linear, GPT-2's Conv1D), norms (LayerNorm, RMSNorm) and embedding tables. A weight
+    shared by two modules (a lm_head tied to the input embedding) has one name in named_parameters(), its
+    first owner's: it is that owner's kind (the embedding), counted once."""
+    names = {id(p): n for n, p in model.named_parameters()}
     kinds = {}
     for mname, module in model.named_modules():
         prefix = f"{mname}." if mname else ""
-        if isinstance(module, nn.Linear):
-            kinds[prefix + "weight"] = "linear_weight"
-            if module.bias is not None:
-                kinds[prefix + "bias"] = "bias"
-        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
-            kinds[prefix + "weight"] = "ln_weight"
-            if module.bias is not None:
-                kinds[prefix + "bias"] = "ln_bias"
+        if is_projection(module):
+            own = ((module.weight, "conv1d_weight" if transposed(module) else "linear_weight"), (module.bias, "bias"))
+        elif is_norm(module):
+            own = ((module.weight, "ln_weight"), (getattr(module, "bias", None), "ln_bias"))
+        elif isinstance(module, nn.Embedding):
+            own = ((module.weight, "embedding"),)
+        else:
+            continue
+        for param, kind in own:
+            if isinstance(param, nn.Parameter) and names.get(id(param)) == prefix + ("bias" if kind in (
+                    "bias", "ln_bias") else "weight"):
+                kinds[names[id(param)]] = kind
     return kinds
 
 
@@ -53,14 +70,16 @@ class BudgetMethod(MaskedMethod):
         super().setup(ctx)
         names = list(self.candidates)
         if not names:
-            raise UsageError(f"method {self.name}: the model has no Linear or LayerNorm parameters to select from.")
+            raise UsageError(f"method {self.name}: the model has no Linear or norm parameters to select from.")
         n = sum(p.numel() for p in self.candidates.values())
         bitfit = sum(p.numel() for name, p in self.params.items()
                      if name.endswith("bias") and ctx.groups[name] != "head")
         o = self.options
         if sum(x is not None for x in (o.k, o.density, o.lora_rank)) > 1:
             raise UsageError(f"method {self.name}: set one of method.k, method.density and method.lora_rank.")
-        self.k = o.k if o.k is not None else (round(o.density * n) if o.density is not None else bitfit)
+        unset = o.k is None and o.lora_rank is None
+        density = o.density if o.density is not None else (BIAS_FREE_DENSITY if unset and not bitfit else None)
+        self.k = o.k if o.k is not None else (round(density * n) if density is not None else bitfit)
         if o.lora_rank is not None:
             from sftune.methods.lora import adapter_entries
 

@@ -29,7 +29,9 @@ class ChildTuningD(MaskedMethod):
                "set in train mode: per batch each candidate gradient is clipped to max_grad_norm separately and "
                "F += g^2 / n_batches. The pass runs after every plug-in's setup, so it scores the model that is "
                "trained (re-initialised layers, dropout set by regularisers). Candidates: parameters whose name "
-               "contains 'layer' (encoder layers); embeddings, pooler and head always train. One global threshold "
+               "contains 'layer' (encoder layers) or that sit in the model's layer stack (decoders: Llama "
+               "model.layers, GPT-2 transformer.h); embeddings, pooler, final norm and head always train. With a "
+               "causal-LM task the Fisher pass uses the LM loss. One global threshold "
                "tau = the (1-p) quantile of all candidate scores (NumPy percentile, linear interpolation, computed "
                "on the device); M = F >= tau. As in the reference (ChildTuningOptimizer.py:55-64) the mask acts "
                "after clipping the full gradient; update mode (sftune choice) keeps that order and updates only "
@@ -41,11 +43,21 @@ class ChildTuningD(MaskedMethod):
     mask_after_clip = True  # the reference masks inside optimizer.step(), after the trainer clipped
 
     def candidate(self, name, param) -> bool:
-        return "layer" in name and self.ctx.groups[name] != "head"
+        if self.ctx.groups[name] == "head":
+            return False
+        # The reference's rule ('layer' in the name) plus the structural layer stack, which GPT-2's
+        # transformer.h.N does not spell with 'layer'.
+        return "layer" in name or name.startswith(self._stack)
+
+    def _layer_prefixes(self, model) -> tuple[str, ...]:
+        from sftune.architecture import layer_stack
+
+        return tuple(f"{n}." for n, _ in layer_stack(model))
 
     def setup(self, ctx) -> None:
         if not 0 < self.options.p <= 1:
             raise UsageError(f"method child-tuning-d: p={self.options.p} must be in (0, 1] (the share kept).")
+        self._stack = self._layer_prefixes(ctx.model)
         super().setup(ctx)
         if not self.candidates:
             raise UsageError("method child-tuning-d: the model has no parameters whose name contains 'layer'.")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from sftune.config import option
+from sftune.architecture import projection_weights
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
 from sftune.methods.masking import MaskedMethod
@@ -217,9 +218,10 @@ class DPSMethod(MaskedMethod):
     def setup(self, ctx: RunContext) -> None:
         # Which parameters are masked: the weight of every nn.Linear (optionally not the head's), by the name
         # named_parameters() gives it (a shared weight counts once).
-        ids = {id(m.weight) for m in ctx.model.modules() if isinstance(m, torch.nn.Linear)}
-        self._linear_names = {n for n, p in ctx.model.named_parameters()
-                              if id(p) in ids and (self.options.head or not n.startswith(ctx.head or ("\0",)))}
+        # nn.Linear and GPT-2's Conv1D; a causal LM's tied lm_head is the embedding table (not masked).
+        self._linear_names = {n for n in projection_weights(ctx.model)
+                              if ctx.groups.get(n) != "embeddings"
+                              and (self.options.head or not n.startswith(ctx.head or ("\0",)))}
         super().setup(ctx)
         self.p = float(self.options.p)
         cfg = ctx.config

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from sftune.architecture import is_projection, transposed_weights
 from sftune.config import option
 from sftune.methods.base import RunContext
 from sftune.methods.dps_common import DPSMethod, DPSOptions, tensor_bytes, top_mask
@@ -54,9 +55,10 @@ def frequency_penalty_applies(rule: str, U: int) -> bool:
     return rule == "always" or (rule == "reference" and U >= PENALTY_MIN_U)
 
 
-def mix_scores(gam: torch.Tensor, fam: torch.Tensor, U: int, penalty: bool) -> torch.Tensor:
-    """Stage II score of one matrix: G / max(F, 1) (F per input column, broadcast over rows), times exp(-F/U)."""
-    f = fam.to(torch.float32).unsqueeze(0)
+def mix_scores(gam: torch.Tensor, fam: torch.Tensor, U: int, penalty: bool, transposed: bool = False) -> torch.Tensor:
+    """Stage II score of one matrix: G / max(F, 1) (F per input column, broadcast over rows), times exp(-F/U).
+    `transposed`: the weight is stored [in, out] (GPT-2's Conv1D), so F broadcasts over columns."""
+    f = fam.to(torch.float32).unsqueeze(1 if transposed else 0)
     score = gam.to(torch.float32, copy=True).div_(f.clamp(min=1.0))
     if penalty:
         score.mul_(torch.exp(-f / U))
@@ -121,6 +123,7 @@ class DPSMix(DPSMethod):
         self.mix: ColumnMix | None = None
         self.param_of: dict[str, str] = {}  # Linear module name -> its (masked) weight's parameter name
         self._r: dict[str, torch.Tensor] = {}
+        self._transposed = transposed_weights(ctx.model)
         self._r_step: int | None = None
 
     def on_optimizer(self, optimizer) -> None:
@@ -131,7 +134,7 @@ class DPSMix(DPSMethod):
         by_id = {id(p): n for n, p in trained.items()}
         modules = {}
         for mname, module in self.ctx.model.named_modules():
-            if isinstance(module, torch.nn.Linear) and id(module.weight) in by_id:
+            if is_projection(module) and id(module.weight) in by_id:
                 modules[mname] = module
                 self.param_of[mname] = by_id[id(module.weight)]
         self.mix = ColumnMix(modules) if modules else None
@@ -158,13 +161,15 @@ class DPSMix(DPSMethod):
         if not self.w0 and self.parked_w0 is not None and self.parked_w0.parked:
             self.w0 = self.parked_w0.load()  # after S and M are freed, before the GAM exists
         self._new_gam()
-        self.fam = {n: torch.zeros(p.shape[1], dtype=torch.int32, device=p.device) for n, p in self.trained().items()}
+        self.fam = {n: torch.zeros(self._inputs(n, p), dtype=torch.int32, device=p.device)
+                    for n, p in self.trained().items()}
         self._r_step = None
 
     def _start_stage_two(self, stage: int) -> None:
         masks = {}
         for n in list(self.gam):  # free each G/F as soon as its mask exists
-            masks[n] = top_mask(mix_scores(self.gam.pop(n), self.fam.pop(n), self.U, self.penalty), self.p)
+            masks[n] = top_mask(mix_scores(self.gam.pop(n), self.fam.pop(n), self.U, self.penalty,
+                                           n in self._transposed), self.p)
         self.stage_masks = masks
         self.fam, self._r, self._r_step = {}, {}, None
         if self.mix is not None:
@@ -198,7 +203,7 @@ class DPSMix(DPSMethod):
         trained = self.trained()
         if not trained:
             return
-        sizes = [p.shape[1] for p in trained.values()]
+        sizes = [self._inputs(n, p) for n, p in trained.items()]
         device = next(iter(trained.values())).device
         self.generator.manual_seed((self._seed_base * 1_000_003 + int(step)) % (1 << 63))
         r = torch.empty(sum(sizes), dtype=torch.bool, device=device)
@@ -209,6 +214,10 @@ class DPSMix(DPSMethod):
             for mname, pname in self.param_of.items():
                 self.mix.set(mname, self.w0[pname], self._r[pname], self.scale)
         self._note_peak()
+
+    def _inputs(self, name: str, param: torch.Tensor) -> int:
+        """Input columns of a masked matrix: [out, in] for nn.Linear, [in, out] for GPT-2's Conv1D."""
+        return param.shape[0] if name in self._transposed else param.shape[1]
 
     def _accumulate(self, step: int) -> None:
         if self._gam_add_(step):

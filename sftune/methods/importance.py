@@ -3,7 +3,8 @@
 `mu` for an nn.Linear is the mean of |x_j| over the batch and the non-padding tokens of its input, one value
 per input feature, broadcast over output rows (sftune choice; `signed` uses the signed mean). For biases the
 input is 1 (I = |b * g|); a LayerNorm weight uses mu = mean |x_hat| of its normalised input; a LayerNorm
-bias uses I = |beta * g|. mu is the mean over every non-padding token of the optimizer step: with gradient
+bias uses I = |beta * g|. An RMSNorm weight (Llama, Qwen, Mistral) uses mu = mean |x / rms(x)|; GPT-2's Conv1D
+stores its weight [in, out], so its mu broadcasts over columns instead of rows. mu is the mean over every non-padding token of the optimizer step: with gradient
 accumulation and across the ranks of a multi-process run, token-weighted sums and counts are added up, so
 mu is the same however the step's batch is split.
 """
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftune.architecture import is_norm, norm_eps, norm_kind
 from sftune.select import BlockWeights
 from sftune.select.sampling import _level_sums  # the sampler's own block sums, so both sides agree bitwise
 
@@ -32,8 +34,10 @@ class InputMeans:
         self._last: tuple | None = None  # (weak ref to the last input, its version and kind, sum, count)
         self._repeats: dict[tuple[int, ...], torch.Tensor] = {}  # pop_all's per-module sizes, on the device
         self.handles = [model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
+        self.kinds: dict[str, str] = {}  # module name -> layernorm / rmsnorm / projection (what the hook normalises)
         for name, module in model.named_modules():
             if name in module_names:
+                self.kinds[name] = norm_kind(module) if is_norm(module) else "projection"
                 self.handles.append(module.register_forward_hook(self._hook(name)))
 
     def _capture_mask(self, module, args, kwargs):
@@ -46,14 +50,17 @@ class InputMeans:
                 return
             # Query, key and value read the same tensor object: compute its mean once and reuse it. A weak
             # reference (not an address, which a freed tensor's successor may reuse) identifies it.
-            source, kind = inputs[0], isinstance(module, nn.LayerNorm)
+            source, kind = inputs[0], self.kinds[name]
             last = self._last
             if last is not None and last[0]() is source and last[1] == (source._version, kind):
                 self._add(name, last[2], last[3])
                 return
             x = source.detach()
-            if isinstance(module, nn.LayerNorm):
-                x = F.layer_norm(x.float(), module.normalized_shape, None, None, module.eps)
+            if kind == "layernorm":
+                x = F.layer_norm(x.float(), getattr(module, "normalized_shape", x.shape[-1:]), None, None, norm_eps(module))
+            elif kind == "rmsnorm":  # as LlamaRMSNorm computes it, without the weight
+                x = x.float()
+                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(module))
             x = x.float() if self.signed else x.float().abs()
             mask = self.attention_mask
             if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
@@ -120,13 +127,27 @@ def squared_importance_(out: torch.Tensor, kind: str, param: torch.Tensor, grad:
                         mu: torch.Tensor | None) -> torch.Tensor:
     """Write I^2 = (mu * W * g)^2 (sampling weights are proportional to I^2) into `out`, in place."""
     torch.mul(param.detach(), grad, out=out)
-    return _times_mu_squared_(out, kind, mu, lambda m: m if kind == "ln_weight" else m.unsqueeze(0))
+    return _times_mu_squared_(out, kind, mu, lambda m: mu_view(kind, m))
+
+
+# Kinds of candidate whose importance has a per-input-feature mu (the others: I = |p * g|).
+MU_KINDS = ("linear_weight", "conv1d_weight", "ln_weight")
+
+
+def mu_view(kind: str, mu: torch.Tensor) -> torch.Tensor:
+    """mu shaped to broadcast over the parameter: per column of a Linear weight [out, in], per row of a
+    Conv1D weight [in, out], per entry of a norm weight."""
+    if kind == "linear_weight":
+        return mu.unsqueeze(0)
+    if kind == "conv1d_weight":
+        return mu.unsqueeze(1)
+    return mu
 
 
 def _times_mu_squared_(values: torch.Tensor, kind: str, mu: torch.Tensor | None, pick) -> torch.Tensor:
     """values (= W * g) *= mu where the kind has one (Linear and LayerNorm weights), then squared, in place.
     `pick` takes mu (in values' dtype) to the entries of `values`: broadcast, or gathered."""
-    if kind in ("linear_weight", "ln_weight") and mu is not None:
+    if kind in MU_KINDS and mu is not None:
         values.mul_(pick(mu.to(values.dtype)))
     return values.square_()
 
@@ -198,7 +219,8 @@ class ImportanceWeights(BlockWeights):
                 continue
             p = self.params[name]
             local = row_ids[lo:hi] - self.row_starts[i]
-            if p.numel() % B == 0 and (self.kinds[name] != "linear_weight" or p.shape[-1] % B == 0):
+            if p.numel() % B == 0 and (self.kinds[name] not in ("linear_weight", "conv1d_weight")
+                                       or p.shape[-1] % B == 0):
                 out[lo:hi] = self._whole_rows(name, local, B)  # the common case: row gathers, no padding
                 continue
             entries = (local * B).unsqueeze(1) + offsets  # flat positions, may pass the end
@@ -214,6 +236,9 @@ class ImportanceWeights(BlockWeights):
             return torch.zeros(local.numel(), B, dtype=torch.float32, device=self.device)
         values = p.detach().reshape(-1, B).index_select(0, local) * p.grad.reshape(-1, B).index_select(0, local)
         kind = self.kinds[name]
+        if kind == "conv1d_weight":  # B divides the row length (out): a block lies in one input row
+            rows = torch.div(local, p.shape[-1] // B, rounding_mode="floor")
+            return _times_mu_squared_(values, kind, self.mus.get(name), lambda m: m.index_select(0, rows).unsqueeze(1))
         segment = local % (p.shape[-1] // B) if kind == "linear_weight" else local  # the rows' mu entries
         return _times_mu_squared_(values, kind, self.mus.get(name), lambda m: m.reshape(-1, B).index_select(0, segment))
 
@@ -224,7 +249,8 @@ class ImportanceWeights(BlockWeights):
             return torch.zeros(idx.shape, dtype=torch.float32, device=self.device)
         values = p.detach().reshape(-1)[idx] * p.grad.reshape(-1)[idx]  # as squared_importance_, entry by entry
         kind = self.kinds[name]
-        columns = idx % p.shape[-1] if kind == "linear_weight" else idx
+        columns = (idx % p.shape[-1] if kind == "linear_weight" else
+                   torch.div(idx, p.shape[-1], rounding_mode="floor") if kind == "conv1d_weight" else idx)
         return _times_mu_squared_(values, kind, self.mus.get(name), lambda m: m[columns])
 
     def values(self, idx: torch.Tensor) -> torch.Tensor:

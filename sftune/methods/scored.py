@@ -8,7 +8,7 @@ import torch
 
 from sftune.config import option
 from sftune.methods.budget import BudgetMethod, BudgetOptions
-from sftune.methods.importance import ImportanceWeights, InputMeans, PaddedLayout, squared_importance_
+from sftune.methods.importance import MU_KINDS, ImportanceWeights, InputMeans, PaddedLayout, mu_view, squared_importance_
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ScoredMethod(BudgetMethod):
     def setup(self, ctx) -> None:
         super().setup(ctx)
         modules = {n.rsplit(".", 1)[0] for n, kind in self.kinds.items()
-                   if n in self.candidates and kind in ("linear_weight", "ln_weight")}
+                   if n in self.candidates and kind in MU_KINDS}
         self.means = InputMeans(ctx.model, modules, signed=self.options.signed_mu)
         device = next(iter(self.candidates.values())).device
         self.layout = PaddedLayout([p.numel() for p in self.candidates.values()], self.score_block, device)
@@ -42,7 +42,7 @@ class ScoredMethod(BudgetMethod):
         """This step's mu per candidate that has one (Linear and LayerNorm weights), reduced across ranks."""
         self.means.all_reduce(self.ctx.accelerator)
         owners = {name: name.rsplit(".", 1)[0] for name in self.candidates
-                  if self.kinds[name] in ("linear_weight", "ln_weight")}
+                  if self.kinds[name] in MU_KINDS}
         means = self.means.pop_all(list(dict.fromkeys(owners.values())))
         return {name: means.get(module) for name, module in owners.items()}
 
@@ -73,7 +73,7 @@ class ScoredMethod(BudgetMethod):
         grads = [self.flat_grads.buffer.views[n] for n in names]
         torch._foreach_copy_(views, [p.detach() for p in self.candidates.values()])
         torch._foreach_mul_(views, grads)
-        scaled = [(self.views[n], mu.to(torch.float32) if self.kinds[n] == "ln_weight" else mu.to(torch.float32).unsqueeze(0))
+        scaled = [(self.views[n], mu_view(self.kinds[n], mu.to(torch.float32)))
                   for n, mu in mus.items() if mu is not None]
         if scaled:
             torch._foreach_mul_([v for v, _ in scaled], [m for _, m in scaled])

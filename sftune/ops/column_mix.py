@@ -13,6 +13,9 @@ gradient `h * M`); a 1-D R is per input column.
 W_eff is recomputed in the backward pass instead of being saved, so a mixed Linear keeps no weight-sized
 activation between forward and backward: the memory it costs is the target T only (and the tiny column mask).
 Evaluation (module.eval()) uses the raw weights W, as the reference code does.
+
+GPT-2's Conv1D (y = x W + b, W stored [in, out]) is mixed through transposed views: the op sees W^T, T^T and an
+element-wise mask's transpose, all [out, in], so "input columns" mean the same thing for both layouts.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sftune.architecture import is_projection, transposed
 
 
 def _broadcast(mask, weight):
@@ -85,12 +90,18 @@ class ColumnMix:
     def _make_forward(self, name: str):
         mix = self
 
+        flip = transposed(self.modules[name])
+
         def forward(module, x):
             state = mix.state.get(name)
+            weight = module.weight.t() if flip else module.weight
             if state is None or not module.training:
-                return F.linear(x, module.weight, module.bias)
+                return F.linear(x, weight, module.bias)
             target, col_mask, scale = state
-            return _MixedLinear.apply(x, module.weight, module.bias, target, col_mask, scale)
+            if flip:
+                target = target.t()
+                col_mask = col_mask.t() if col_mask.dim() == 2 else col_mask
+            return _MixedLinear.apply(x, weight, module.bias, target, col_mask, scale)
 
         return forward
 
@@ -111,9 +122,9 @@ class ColumnMix:
 
 
 def linear_modules(model: nn.Module, include_head: bool = True, head: tuple[str, ...] = ()) -> dict[str, nn.Linear]:
-    """Every nn.Linear by module name (optionally without the task head)."""
+    """Every Linear-like module (nn.Linear, GPT-2's Conv1D) by module name (optionally without the task head)."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and (include_head or not f"{name}.".startswith(head or ("\0",))):
+        if is_projection(module) and (include_head or not f"{name}.".startswith(head or ("\0",))):
             out[name] = module
     return out

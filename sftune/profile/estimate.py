@@ -171,7 +171,7 @@ def method_state(method, mask_mode: str, flat_grads: bool = False) -> tuple[dict
 def _input_features(method) -> list[int]:
     """mu's sizes: one per input feature of each Linear and LayerNorm whose entries are candidates."""
     modules = {n.rsplit(".", 1)[0] for n, kind in method.kinds.items()
-               if n in method.candidates and kind in ("linear_weight", "ln_weight")}
+               if n in method.candidates and kind in ("linear_weight", "conv1d_weight", "ln_weight")}
     out = []
     for name, module in method.ctx.model.named_modules():
         if name in modules:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sftune.architecture import in_features
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
@@ -68,7 +69,7 @@ class Mixout(Regularizer):
             return
         self.targets = {n: m.weight.detach().clone() for n, m in modules.items()}
         self.mix = ColumnMix(modules)
-        self.sizes = [m.in_features for m in modules.values()]
+        self.sizes = [in_features(m) for m in modules.values()]
 
     def before_forward(self, step: int) -> None:
         if self.mix is None:

@@ -23,6 +23,7 @@ from torch import nn
 from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
+from sftune.lm_data import response_logits
 from sftune.registry import register_regularizer
 
 
@@ -92,7 +93,8 @@ class R3F(Regularizer):
             noised = model(**inputs)
         finally:
             handle.remove()
-        kl = symmetric_kl(outputs.logits, noised.logits)
+        # Causal-LM batches compare the predictions of the response tokens (lm_data.response_logits).
+        kl = symmetric_kl(response_logits(outputs.logits, batch), response_logits(noised.logits, batch))
         self.last_kl = kl.detach()
         return float(self.options.lambda_) * kl
 

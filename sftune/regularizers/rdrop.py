@@ -22,6 +22,7 @@ from sftune.config import option
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import set_dropout_modules
 from sftune.regularizers.r3f import symmetric_kl
+from sftune.lm_data import response_logits
 from sftune.registry import register_regularizer
 
 
@@ -66,7 +67,9 @@ class RDrop(Regularizer):
 
     def extra_loss(self, model, batch, outputs):
         second = model(**batch)
-        extra, consistency = rdrop_terms(outputs.logits, second.logits, outputs.loss, second.loss,
+        # Causal-LM batches compare the predictions of the response tokens (lm_data.response_logits).
+        extra, consistency = rdrop_terms(response_logits(outputs.logits, batch), response_logits(second.logits, batch),
+                                         outputs.loss, second.loss,
                                          float(self.options.alpha), self.regression, self.options.reduction)
         self.last = consistency.detach()
         return extra
