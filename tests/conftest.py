@@ -162,3 +162,49 @@ def train_with_reg(cli, tiny_bert, glue_dir, tmp_path):
         return out, [r for r in records if r["type"] == "train"]
 
     return run
+
+# ---- decoder-only LMs (tests/decoder). Kept here rather than in tests/decoder/conftest.py: pytest's prepend
+# import mode binds the name `conftest` to the last conftest loaded, which would break `from conftest import`
+# in the other test folders. Helpers live in tests/decoder/decoder_models.py.
+GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
+
+
+def _rte_corpus(glue) -> list[str]:
+    import csv
+
+    lines = []
+    with open(glue / "RTE" / "train.tsv", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            lines += row[1:3]
+    return lines[:600]
+
+
+@pytest.fixture(scope="session")
+def decoder_corpus(glue_dir) -> list[str]:
+    return _rte_corpus(glue_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tmp_path_factory, decoder_corpus) -> dict[str, Path]:
+    """save_pretrained directories of tiny causal LMs, one per family (tied embeddings)."""
+    from decoder.decoder_models import DECODERS, build_decoder
+
+    root = tmp_path_factory.mktemp("tiny_lm")
+    return {f: build_decoder(f, root / f, decoder_corpus) for f in DECODERS}
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    if not (GSM8K / "train.jsonl").is_file():
+        pytest.skip(f"GSM8K files not found at {GSM8K}")
+    return GSM8K
+
+
+@pytest.fixture(scope="session")
+def gsm8k_small(gsm8k_dir, tmp_path_factory) -> Path:
+    """The first 32 training and 8 test rows of the real GSM8K files, in the same layout (fast to read)."""
+    root = tmp_path_factory.mktemp("gsm8k_small")
+    for name, n in (("train.jsonl", 32), ("test.jsonl", 8)):
+        lines = (gsm8k_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+        (root / name).write_text("".join(lines), encoding="utf-8")
+    return root

@@ -11,7 +11,7 @@ from sftune import architecture as arch
 from sftune.methods.budget import candidate_modules
 from sftune.models import group_of_params, layer_stack, trainable_table
 
-from conftest import DECODERS, decoder_config
+from decoder_models import DECODERS, decoder_config
 
 LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral")
 

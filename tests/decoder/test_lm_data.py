@@ -15,7 +15,7 @@ from sftune.lm_data import IGNORE, LMCollator, encode_lm, load_lm_splits
 from sftune.models import load_model, load_tokenizer
 from sftune.tasks import get_task
 
-from conftest import build_decoder
+from decoder_models import build_decoder
 
 
 def _rows(tmp_path, name, rows):

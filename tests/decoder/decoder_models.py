@@ -1,14 +1,11 @@
-"""Tiny decoder-only LMs built from a config, one per family (Llama, Qwen2, Qwen3, Mistral, GPT-2), with a
-byte-level BPE tokenizer trained here. Llama-likes get a chat template; GPT-2 has none (the plain prompt/response
-path) and, like the real GPT-2 tokenizer, no pad token."""
+"""Tiny decoder models and tokenizers built from a config, shared by the decoder tests (a plain module, not
+conftest.py: `from conftest import ...` would find the top-level tests/conftest.py first)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
-GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
 DECODERS = ("llama", "qwen2", "qwen3", "mistral", "gpt2")
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -57,42 +54,3 @@ def build_decoder(family: str, out: Path, corpus: list[str], head: str = "causal
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def _rte_corpus(glue) -> list[str]:
-    import csv
-
-    lines = []
-    with open(glue / "RTE" / "train.tsv", encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            lines += row[1:3]
-    return lines[:600]
-
-
-@pytest.fixture(scope="session")
-def decoder_corpus(glue_dir) -> list[str]:
-    return _rte_corpus(glue_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_lms(tmp_path_factory, decoder_corpus) -> dict[str, Path]:
-    """save_pretrained directories of tiny causal LMs, one per family (tied embeddings)."""
-    root = tmp_path_factory.mktemp("tiny_lm")
-    return {f: build_decoder(f, root / f, decoder_corpus) for f in DECODERS}
-
-
-@pytest.fixture(scope="session")
-def gsm8k_dir() -> Path:
-    if not (GSM8K / "train.jsonl").is_file():
-        pytest.skip(f"GSM8K files not found at {GSM8K}")
-    return GSM8K
-
-
-@pytest.fixture(scope="session")
-def gsm8k_small(gsm8k_dir, tmp_path_factory) -> Path:
-    """The first 32 training and 8 test rows of the real GSM8K files, in the same layout (fast to read)."""
-    root = tmp_path_factory.mktemp("gsm8k_small")
-    for name, n in (("train.jsonl", 32), ("test.jsonl", 8)):
-        lines = (gsm8k_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
-        (root / name).write_text("".join(lines), encoding="utf-8")
-    return root
