@@ -24,7 +24,11 @@ from sftune.tasks import get_task
 def check_same_labels(trained: str, task: str, target: str) -> None:
     """A run's head predicts its own task's labels; on a task with other labels its outputs mean nothing."""
     a, b = get_task(trained), get_task(task)
-    labels = lambda t: list(t.label_names) if not t.is_regression else ["a regression score"]  # noqa: E731
+    def labels(t) -> list[str]:
+        if t.is_causal_lm:
+            return ["generated text"]
+        return ["a regression score"] if t.is_regression else list(t.label_names)
+
     if labels(a) != labels(b):
         raise UsageError(f"{target} was trained on {a.name} (labels: {', '.join(labels(a))}), but {b.name} has "
                          f"labels {', '.join(labels(b))}. Evaluate it on a task with the same labels, or map the "

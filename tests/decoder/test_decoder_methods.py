@@ -20,7 +20,9 @@ def _train(cli, model, task, data, out, *extra):
     return cli("train", model, task, "--data-dir", data, "--max-steps", "2", "--batch-size", "4",
                "--set", "data.train_size=8", "--set", "data.eval_size=4", "--set", "data.max_new_tokens=4",
                "--set", "train.log_every=1", "--set", "train.lr=1e-2", "--set", "data.eval_batch_size=64",
-               *(("--set", "method.fisher_batches=2") if "child-tuning-d" in extra else ()), "-o", out, *extra)
+               *(("--set", "method.fisher_batches=2") if "child-tuning-d" in extra else ()),
+               *(("--set", "method.merge=true") if {"lora", "dora"} & set(extra) else ()),  # model/ to compare
+               "-o", out, *extra)
 
 
 def _changed(before_dir, out) -> set[str]:
