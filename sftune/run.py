@@ -201,9 +201,9 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     info = trainer.info()  # before a method's export changes the model
     groups, write_model = trainer.groups, True
-    export = getattr(trainer.method, "export", None)
-    if export is not None:  # LoRA: writes adapter/, gives the merged plain model and whether to save it
-        model, write_model = export(run_dir.path, trainer.tokenizer)
+    exported = trainer.method.export(run_dir.path, trainer.tokenizer)
+    if exported is not None:  # LoRA: writes adapter/, gives the merged plain model and whether to save it
+        model, write_model = exported
         groups = group_of_params(model)
     if write_model:
         tmp = run_dir.path / "model.tmp"
@@ -243,7 +243,7 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
                            if k != "changed"}
     del reference
     for plugin in trainer.plugins:
-        results.update(getattr(plugin, "summary_stats", lambda: {})())
+        results.update(plugin.summary_stats())
     keep = trainer.cfg.train.keep_weights
     results["weights"] = "diff" if keep == "diff" and "diff" in results else "none" if keep == "none" else "model"
     atomic_write_json(run_dir.results, results)
