@@ -31,7 +31,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from step_share import SHAPES, build_model_dir, train_tree  # noqa: E402
 from step_time import write_json  # noqa: E402
 
-METHODS = ["random", "top", "stochastic", "child-tuning-f", "child-tuning-d", "dps-dense", "dps-mix"]
+
+
+def default_methods() -> list[str]:
+    """Every registered method that selects entries every step."""
+    from sftune.registry import method_names
+
+    return method_names(selecting=True)
 
 
 def _foreach_launches(args) -> int:
@@ -133,7 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every per-step selector)")
     ap.add_argument("--modes", default="grad,update")
     ap.add_argument("--flat-grads", default="on", choices=("on", "off"))
     ap.add_argument("--glue", default=str(ROOT.parent / "shared" / "data" / "glue"))
@@ -155,7 +161,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
-        for method in args.methods.split(","):
+        for method in args.methods.split(",") if args.methods else default_methods():
             for mode in args.modes.split(","):
                 r = run(model_dir, glue, method, mode, args.steps, counter, args.flat_grads)
                 rows.append({"method": method, "mode": mode, **r})

@@ -27,8 +27,13 @@ SHAPES = {
     "roberta-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "roberta-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-METHODS = ["full", "bitfit", "frozen", "attention", "layernorm", "random", "top", "stochastic", "child-tuning-f",
-           "child-tuning-d", "dps-dense", "dps-mix"]
+
+
+def default_methods() -> list[str]:
+    """Every registered method."""
+    from sftune.registry import method_names
+
+    return method_names()
 
 
 def build_model_dir(shape: str, glue: Path, out: Path) -> Path:
@@ -83,7 +88,7 @@ def main() -> None:
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--modes", default="grad,update")
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
     ap.add_argument("--glue", default=str(ROOT.parent / "shared" / "data" / "glue"))
@@ -100,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
         rows = []
-        for method in args.methods.split(","):
+        for method in args.methods.split(",") if args.methods else default_methods():
             for mode in args.modes.split(","):
                 t0 = time.time()
                 r = run_method(model_dir, glue, method, mode, args.steps, args.device, args.batch_size)

@@ -251,6 +251,13 @@ def environment(device: str) -> dict:
     return env
 
 
+def default_methods() -> list[str]:
+    """Every registered method (--methods all)."""
+    from sftune.registry import methods
+
+    return list(methods())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -272,10 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import transformers
 
-    from sftune.registry import methods
-
     transformers.logging.set_verbosity_error()
-    names = list(methods()) if args.methods == "all" else args.methods.split(",")
+    names = default_methods() if args.methods == "all" else args.methods.split(",")
     config = model_config(args.shape)
     trainer_cls = make_trainer_class()
     from transformers import AutoModelForSequenceClassification
