@@ -89,8 +89,8 @@ def main() -> None:
         lines = ["| method | mode | lr | loss steps 1-5 | loss steps 26-30 | selected / step | changed / step | "
                  "changed vs pre-trained | RTE dev acc |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['method']} | {r['mode']} | {r['lr']:g} | {r['loss_first']:.3f} | {r['loss_last']:.3f} | "
-                         f"{100 * r['selected']:.3f}% | {100 * r['changed']:.3f}% | "
+            lines.append(f"| {r['method']} | {r['mode']} | {r['lr']:g} | {r['loss_first']:.3f} | "
+                         f"{r['loss_last']:.3f} | {100 * r['selected']:.3f}% | {100 * r['changed']:.3f}% | "
                          f"{100 * r['changed_vs_pretrained']:.3f}% | {r['accuracy']:.3f} |")
         Path(args.markdown).write_text("\n".join(lines) + "\n")
 

@@ -11,14 +11,14 @@ values (`item`/`tolist`/`bool`). Those counts do not depend on
 the machine, so a change that lowers them can be checked here, and the counts say what a GPU would pay.
 
 The CPU-only paths (the Bernoulli draw's cache-sized chunks and two generator streams, DPS's chunked GAM update,
-the weighted sampler's draw chunks) are switched to their non-CPU form while counting, and `train.flat_grads` is `on` (what `auto`
-picks on CUDA; `--flat-grads off` for the per-parameter path), so the counts are those of a CUDA run.
+the weighted sampler's draw chunks) are switched to their non-CPU form while counting, and `train.flat_grads` is
+`on` (what `auto` picks on CUDA; `--flat-grads off` for the per-parameter path), so the counts are those of a CUDA
+run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections import Counter
@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from step_share import SHAPES, build_model_dir, train_tree  # noqa: E402
 from step_time import write_json  # noqa: E402
-
 
 
 def default_methods() -> list[str]:
@@ -165,8 +164,8 @@ def main() -> None:
             for mode in args.modes.split(","):
                 r = run(model_dir, glue, method, mode, args.steps, counter, args.flat_grads)
                 rows.append({"method": method, "mode": mode, **r})
-                print(f"{method:15s} {mode:6s} launches/step {r['median_ops']:6d}  host reads/step {r['median_syncs']:4d}  "
-                      f"(per step: {r['ops_per_step']})", flush=True)
+                print(f"{method:15s} {mode:6s} launches/step {r['median_ops']:6d}  "
+                      f"host reads/step {r['median_syncs']:4d}  (per step: {r['ops_per_step']})", flush=True)
     write_json({"shape": args.shape, "steps": args.steps, "flat_grads": args.flat_grads, "rows": rows}, args.json)
 
 

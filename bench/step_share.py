@@ -4,8 +4,8 @@
 
 Builds a model of the given shape from its config (random weights; the shape is what costs time), a
 byte-level BPE tokenizer trained on the RTE text, and trains each method for a few steps on the real RTE
-files (batch 16 unless --batch-size, length 128) with per-phase timing. Reports medians over the steps after the first, in
-both mask modes. Run it on a quiet machine: two jobs on two cores slow each other many-fold.
+files (batch 16 unless --batch-size, length 128) with per-phase timing. Reports medians over the steps after the
+first, in both mask modes. Run it on a quiet machine: two jobs on two cores slow each other many-fold.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def main() -> None:
         r["selection_share"] = r["phases"].get("selection", 0.0) / base
         r["step_ratio"] = r["step"] / base
         print(f"{r['method']:15s} {r['mode']:6s} {100 * r['selection_share']:19.2f}% {r['step_ratio']:15.3f}")
-    doc = {"shape": args.shape, "batch_size": args.batch_size, "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads(),
+    doc = {"shape": args.shape, "batch_size": args.batch_size, "device": args.device, "steps": args.steps,
+           "torch_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "rows": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

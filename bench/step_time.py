@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from step_share import SHAPES, build_model_dir, train_tree  # noqa: E402
 
 
-
 def default_methods() -> list[str]:
     """Every registered method but full (each is timed against full)."""
     from sftune.registry import method_names

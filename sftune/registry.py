@@ -1,7 +1,8 @@
 """The method registry: `@register` on a class makes it a method of `sftune train --method`.
 
 The registry is the one list of methods: `sftune methods`, `--help`, `presets ls`, docs/methods-table.md and
-the benchmarks' default method lists (bench/*.py) are all generated from it. A new method is one file in `sftune/methods/` plus its test.
+the benchmarks' default method lists (bench/*.py) are all generated from it. A new method is one file in
+`sftune/methods/` plus its test (tests/test_new_method.py shows that a toy one needs nothing else).
 """
 
 from __future__ import annotations

@@ -13,15 +13,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sftune.artifacts import (RunDir, atomic_write_json, atomic_write_text, match_umask, new_manifest,
-                              replace_dir, saving)
+from sftune.artifacts import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    match_umask,
+    new_manifest,
+    replace_dir,
+    saving,
+)
 from sftune.config import RunConfig, build, dump_yaml, load_yaml
 from sftune.diff import changed_counts, save_diff
 from sftune.engine.guard import Diverged
 from sftune.engine.loop import Interrupted, Reporter, Trainer
 from sftune.errors import UsageError
-from sftune.trackers import with_trackers
 from sftune.models import group_of_params
+from sftune.trackers import with_trackers
 
 
 def default_output_dir(cfg: RunConfig) -> Path:

@@ -41,7 +41,6 @@ from sftune.methods.base import Method, RunContext, torch_optimizer
 from sftune.methods.flat_grads import FlatGrads, wanted
 from sftune.select import FlatBuffer, split_sorted
 
-
 _UNCHECKED = object()  # flat_grad() outside select_and_mask: check the gradient views now
 
 

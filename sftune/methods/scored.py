@@ -88,7 +88,7 @@ class ScoredMethod(BudgetMethod):
         grads = [self.flat_grads.buffer.views[n] for n in names]
         torch._foreach_copy_(views, [p.detach() for p in self.candidates.values()])
         torch._foreach_mul_(views, grads)
-        scaled = [(self.views[n], mu.to(torch.float32) if self.kinds[n] == "ln_weight" else mu.to(torch.float32).unsqueeze(0))
+        scaled = [(self.views[n], mu.float() if self.kinds[n] == "ln_weight" else mu.float().unsqueeze(0))
                   for n, mu in mus.items() if mu is not None]
         if scaled:
             torch._foreach_mul_([v for v, _ in scaled], [m for _, m in scaled])

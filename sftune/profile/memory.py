@@ -45,8 +45,8 @@ from typing import Any, Callable
 import torch
 
 from sftune.engine.loop import Trainer
-from sftune.profile.common import TIME_PHASES, Cell, build_model, failure, load_config, run_config, synthetic_examples
 from sftune.engine.timing import PhaseTimer
+from sftune.profile.common import TIME_PHASES, Cell, build_model, failure, load_config, run_config, synthetic_examples
 from sftune.profile.tracking import ProfileTimer, storages
 
 FAIL_ENV = "SFTUNE_MEMPROFILE_FAIL"  # testing hook: "METHOD" or "METHOD@BATCH" makes that cell's child raise
