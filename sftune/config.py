@@ -385,7 +385,7 @@ def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[st
                 values[key] = coerce_field(f"reg {name}", fields[key], value, hints)
             except ValueError as e:
                 errors.append(str(e))
-        clash = set(getattr(cls, "incompatible", ())) & ({method_name} | set(by_name))
+        clash = set(cls.incompatible) & ({method_name} | set(by_name))
         if clash:
             errors.append(f"regulariser {name} cannot be combined with {', '.join(sorted(clash))}")
         by_name[name] = values
