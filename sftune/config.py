@@ -311,7 +311,8 @@ def build(tree: dict[str, Any]) -> RunConfig:
         if getattr(obj, key) < 1:
             errors.append(f"{key} must be at least 1, got {getattr(obj, key)}")
     if train.batch_size % train.grad_accum:
-        errors.append(f"train.batch_size ({train.batch_size}) must be divisible by train.grad_accum ({train.grad_accum})")
+        errors.append(f"train.batch_size ({train.batch_size}) must be divisible by "
+                      f"train.grad_accum ({train.grad_accum})")
     if train.max_steps is not None and train.max_steps < 1:
         errors.append(f"train.max_steps must be at least 1, got {train.max_steps}")
     if train.max_steps is None and train.epochs <= 0:
