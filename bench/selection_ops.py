@@ -11,14 +11,14 @@ values (`item`/`tolist`/`bool`). Those counts do not depend on
 the machine, so a change that lowers them can be checked here, and the counts say what a GPU would pay.
 
 The CPU-only paths (the Bernoulli draw's cache-sized chunks and two generator streams, DPS's chunked GAM update,
-the weighted sampler's draw chunks) are switched to their non-CPU form while counting, and `train.flat_grads` is `on` (what `auto`
-picks on CUDA; `--flat-grads off` for the per-parameter path), so the counts are those of a CUDA run.
+the weighted sampler's draw chunks) are switched to their non-CPU form while counting, and `train.flat_grads` is
+`on` (what `auto` picks on CUDA; `--flat-grads off` for the per-parameter path), so the counts are those of a CUDA
+run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections import Counter
@@ -31,7 +31,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from step_share import SHAPES, build_model_dir, train_tree  # noqa: E402
 from step_time import write_json  # noqa: E402
 
-METHODS = ["random", "top", "stochastic", "child-tuning-f", "child-tuning-d", "dps-dense", "dps-mix"]
+
+def default_methods() -> list[str]:
+    """Every registered method that selects entries every step."""
+    from sftune.registry import method_names
+
+    return method_names(selecting=True)
 
 
 def _foreach_launches(args) -> int:
@@ -133,7 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every per-step selector)")
     ap.add_argument("--modes", default="grad,update")
     ap.add_argument("--flat-grads", default="on", choices=("on", "off"))
     ap.add_argument("--glue", default=str(ROOT.parent / "shared" / "data" / "glue"))
@@ -155,12 +160,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
-        for method in args.methods.split(","):
+        for method in args.methods.split(",") if args.methods else default_methods():
             for mode in args.modes.split(","):
                 r = run(model_dir, glue, method, mode, args.steps, counter, args.flat_grads)
                 rows.append({"method": method, "mode": mode, **r})
-                print(f"{method:15s} {mode:6s} launches/step {r['median_ops']:6d}  host reads/step {r['median_syncs']:4d}  "
-                      f"(per step: {r['ops_per_step']})", flush=True)
+                print(f"{method:15s} {mode:6s} launches/step {r['median_ops']:6d}  "
+                      f"host reads/step {r['median_syncs']:4d}  (per step: {r['ops_per_step']})", flush=True)
     write_json({"shape": args.shape, "steps": args.steps, "flat_grads": args.flat_grads, "rows": rows}, args.json)
 
 

@@ -4,8 +4,8 @@
 
 Builds a model of the given shape from its config (random weights; the shape is what costs time), a
 byte-level BPE tokenizer trained on the RTE text, and trains each method for a few steps on the real RTE
-files (batch 16 unless --batch-size, length 128) with per-phase timing. Reports medians over the steps after the first, in
-both mask modes. Run it on a quiet machine: two jobs on two cores slow each other many-fold.
+files (batch 16 unless --batch-size, length 128) with per-phase timing. Reports medians over the steps after the
+first, in both mask modes. Run it on a quiet machine: two jobs on two cores slow each other many-fold.
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ SHAPES = {
     "roberta-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "roberta-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-METHODS = ["full", "bitfit", "frozen", "attention", "layernorm", "random", "top", "stochastic", "child-tuning-f",
-           "child-tuning-d", "dps-dense", "dps-mix"]
+
+
+def default_methods() -> list[str]:
+    """Every registered method."""
+    from sftune.registry import method_names
+
+    return method_names()
 
 
 def build_model_dir(shape: str, glue: Path, out: Path) -> Path:
@@ -83,7 +88,7 @@ def main() -> None:
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--modes", default="grad,update")
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
     ap.add_argument("--glue", default=str(ROOT.parent / "shared" / "data" / "glue"))
@@ -100,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
         rows = []
-        for method in args.methods.split(","):
+        for method in args.methods.split(",") if args.methods else default_methods():
             for mode in args.modes.split(","):
                 t0 = time.time()
                 r = run_method(model_dir, glue, method, mode, args.steps, args.device, args.batch_size)
@@ -114,7 +119,8 @@ def main() -> None:
         r["selection_share"] = r["phases"].get("selection", 0.0) / base
         r["step_ratio"] = r["step"] / base
         print(f"{r['method']:15s} {r['mode']:6s} {100 * r['selection_share']:19.2f}% {r['step_ratio']:15.3f}")
-    doc = {"shape": args.shape, "batch_size": args.batch_size, "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads(),
+    doc = {"shape": args.shape, "batch_size": args.batch_size, "device": args.device, "steps": args.steps,
+           "torch_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "rows": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

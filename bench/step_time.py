@@ -31,7 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from step_share import METHODS, SHAPES, build_model_dir, train_tree  # noqa: E402
+from step_share import SHAPES, build_model_dir, train_tree  # noqa: E402
+
+
+def default_methods() -> list[str]:
+    """Every registered method but full (each is timed against full)."""
+    from sftune.registry import method_names
+
+    return [m for m in method_names() if m != "full"]
+
 
 STEP_PHASES = ("forward", "extra_loss", "backward", "selection", "optimizer")  # the step without "hooks"
 
@@ -146,7 +154,7 @@ def main() -> None:
     ap.add_argument("--shape", default="roberta-base", choices=SHAPES)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=6, help="steps per trainer (the first is left out)")
-    ap.add_argument("--methods", default=",".join(m for m in METHODS if m != "full"))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method but full)")
     ap.add_argument("--mode", default="grad")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--glue", default=str(ROOT.parent / "shared" / "data" / "glue"))
@@ -161,10 +169,11 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     glue = Path(args.glue)
     rows = []
+    methods = args.methods.split(",") if args.methods else default_methods()
     if args.forward_ab:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
-            for method in args.methods.split(","):
+            for method in methods:
                 rows += forward_ab(model_dir, glue, method, args.batch_size, args.reps, args.device)
         doc = {"shape": args.shape, "batch_size": args.batch_size, "seq_len": 128, "device": args.device,
                "torch_threads": torch.get_num_threads(),
@@ -174,7 +183,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(args.shape, glue, Path(tmp) / "model")
-        for method in args.methods.split(","):
+        for method in methods:
             # A fresh full trainer per method: every pair runs the same number of steps from the same start.
             full = make_trainer(model_dir, glue, "full", args.mode, args.steps, args.batch_size, args.device)
             other = make_trainer(model_dir, glue, method, args.mode, args.steps, args.batch_size, args.device)

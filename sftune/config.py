@@ -315,7 +315,8 @@ def build(tree: dict[str, Any]) -> RunConfig:
         if getattr(obj, key) < 1:
             errors.append(f"{key} must be at least 1, got {getattr(obj, key)}")
     if train.batch_size % train.grad_accum:
-        errors.append(f"train.batch_size ({train.batch_size}) must be divisible by train.grad_accum ({train.grad_accum})")
+        errors.append(f"train.batch_size ({train.batch_size}) must be divisible by "
+                      f"train.grad_accum ({train.grad_accum})")
     if train.max_steps is not None and train.max_steps < 1:
         errors.append(f"train.max_steps must be at least 1, got {train.max_steps}")
     if train.max_steps is None and train.epochs <= 0:
@@ -389,7 +390,7 @@ def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[st
                 values[key] = coerce_field(f"reg {name}", fields[key], value, hints)
             except ValueError as e:
                 errors.append(str(e))
-        clash = set(getattr(cls, "incompatible", ())) & ({method_name} | set(by_name))
+        clash = set(cls.incompatible) & ({method_name} | set(by_name))
         if clash:
             errors.append(f"regulariser {name} cannot be combined with {', '.join(sorted(clash))}")
         by_name[name] = values

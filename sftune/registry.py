@@ -1,7 +1,8 @@
 """The method registry: `@register` on a class makes it a method of `sftune train --method`.
 
-The registry is the one list of methods: `sftune methods`, `--help`, `presets ls` and docs/methods-table.md
-are all generated from it. A new method is one file in `sftune/methods/` plus its test.
+The registry is the one list of methods: `sftune methods`, `--help`, `presets ls`, docs/methods-table.md and
+the benchmarks' default method lists (bench/*.py) are all generated from it. A new method is one file in
+`sftune/methods/` plus its test (tests/test_new_method.py shows that a toy one needs nothing else).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def _import_package(dotted: str) -> None:
 def methods() -> dict[str, type]:
     _import_package("sftune.methods")
     return dict(sorted(_METHODS.items()))
+
+
+def method_names(selecting: bool = False) -> list[str]:
+    """Registered method names, the dense ones first, then those that select entries every step, each by name;
+    `selecting`: only the latter. The benchmarks' default method lists come from here, so a new method is
+    benchmarked without editing them."""
+    table = methods()
+    names = [n for n, cls in table.items() if cls.selects_per_step or not selecting]
+    return sorted(names, key=lambda n: (table[n].selects_per_step, n))
 
 
 def regularizers() -> dict[str, type]:

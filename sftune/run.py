@@ -13,15 +13,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sftune.artifacts import (RunDir, atomic_write_json, atomic_write_text, match_umask, new_manifest,
-                              replace_dir, saving)
+from sftune.artifacts import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    match_umask,
+    new_manifest,
+    replace_dir,
+    saving,
+)
 from sftune.config import RunConfig, build, dump_yaml, load_yaml
 from sftune.diff import changed_counts, save_diff
 from sftune.engine.guard import Diverged
 from sftune.engine.loop import Interrupted, Reporter, Trainer
 from sftune.errors import UsageError
-from sftune.trackers import with_trackers
 from sftune.models import group_of_params
+from sftune.trackers import with_trackers
 
 
 def default_output_dir(cfg: RunConfig) -> Path:
@@ -201,9 +208,9 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     info = trainer.info()  # before a method's export changes the model
     groups, write_model = trainer.groups, True
-    export = getattr(trainer.method, "export", None)
-    if export is not None:  # LoRA: writes adapter/, gives the merged plain model and whether to save it
-        model, write_model = export(run_dir.path, trainer.tokenizer)
+    exported = trainer.method.export(run_dir.path, trainer.tokenizer)
+    if exported is not None:  # LoRA: writes adapter/, gives the merged plain model and whether to save it
+        model, write_model = exported
         groups = group_of_params(model)
     if write_model:
         tmp = run_dir.path / "model.tmp"
@@ -243,7 +250,7 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
                            if k != "changed"}
     del reference
     for plugin in trainer.plugins:
-        results.update(getattr(plugin, "summary_stats", lambda: {})())
+        results.update(plugin.summary_stats())
     keep = trainer.cfg.train.keep_weights
     results["weights"] = "diff" if keep == "diff" and "diff" in results else "none" if keep == "none" else "model"
     atomic_write_json(run_dir.results, results)

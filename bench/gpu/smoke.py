@@ -10,10 +10,11 @@ template model, copied per cell) and trains it on synthetic batches through the 
 method's hooks are wrapped, without changing them, to check per step:
 
 * losses finite, and every weight finite after the last step;
-* the gradient is zero outside the step's masks after `after_backward` (both modes zero it before clipping);
+* the gradient is zero outside the step's masks before the optimizer step (after `after_clip`: every method has
+  masked by then; both modes zero it);
 * the optimizer step changes no frozen weight, and something; in update mode it changes only selected
   entries (weights compared before/after the optimizer step against the step's masks, on the device);
-* flat gradients: whether the step's gradients were views of the flat buffer after `after_backward`, against
+* flat gradients: whether the step's gradients were views of the flat buffer before the optimizer step, against
   what `train.flat_grads` asks for on this device (from the second step: the first runs without the buffer);
 * random streams: every torch.Generator the method holds, and every mask, lives on the model's device;
 * DPS: which bfloat16 GAM update the device probe chose (`multi_tensor_gam`), and the probe's own answer.
@@ -87,8 +88,10 @@ def allowed_mask(param: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 class Probe:
-    """Wraps one method's after_backward/after_step (instance attributes: the class is untouched) and keeps
-    per-step device-side counts; `.item()` once per count and step."""
+    """Wraps one method's after_clip/after_step (instance attributes: the class is untouched) and keeps
+    per-step device-side counts; `.item()` once per count and step. after_clip, not after_backward: every
+    method has masked by then (Child-Tuning masks there, after the full gradient was clipped), and clipping
+    keeps zeros zero."""
 
     def __init__(self, trainer):
         self.method = trainer.method
@@ -96,16 +99,15 @@ class Probe:
         self.steps: list[dict] = []
         self._masks: dict[str, torch.Tensor | None] = {}
         self._before: dict[str, torch.Tensor] = {}
-        self._inner_backward, self._inner_step = self.method.after_backward, self.method.after_step
-        self.method.after_backward, self.method.after_step = self.after_backward, self.after_step
+        self._inner_clip, self._inner_step = self.method.after_clip, self.method.after_step
+        self.method.after_clip, self.method.after_step = self.after_clip, self.after_step
 
-    def after_backward(self, step: int) -> None:
-        self._inner_backward(step)
+    def after_clip(self, step: int) -> None:
+        self._inner_clip(step)
         m = self.method
         fg = getattr(m, "flat_grads", None)
         row = {"step": step, "flat_used": bool(fg is not None and fg.buffer is not None and fg.holds_grads())}
-        masks = getattr(m, "masks", None) if hasattr(m, "candidates") else None
-        masks = masks or {}
+        masks = m.masks or {}
         params = dict(self.model.named_parameters())
         self._masks = {n: allowed_mask(params[n], mk).clone() for n, mk in masks.items()}
         row["masked_params"] = len(self._masks)
@@ -251,6 +253,13 @@ def environment(device: str) -> dict:
     return env
 
 
+def default_methods() -> list[str]:
+    """Every registered method (--methods all)."""
+    from sftune.registry import methods
+
+    return list(methods())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -272,10 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import transformers
 
-    from sftune.registry import methods
-
     transformers.logging.set_verbosity_error()
-    names = list(methods()) if args.methods == "all" else args.methods.split(",")
+    names = default_methods() if args.methods == "all" else args.methods.split(",")
     config = model_config(args.shape)
     trainer_cls = make_trainer_class()
     from transformers import AutoModelForSequenceClassification

@@ -141,7 +141,7 @@ class Trainer:
             self.model, optimizer, loader, *self.eval_loaders.values())
         self.eval_loaders = dict(zip(self.eval_loaders, loaders))
         for plugin in self.plugins:
-            plugin.on_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer)
+            plugin.on_optimizer(self.optimizer)  # the object optimizer_step gets too (methods/base.py)
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         self.guard = NonFiniteGuard(tcfg.nonfinite, check_grads=tcfg.precision != "fp16")
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
@@ -185,9 +185,9 @@ class Trainer:
         base = self.make_model()
         # Methods that modify weights before training (re-initialisation) record their own starting point.
         for plugin in self.plugins:
-            start = getattr(plugin, "initial_weights", None)
-            if start is not None:
-                base.load_state_dict(start(), strict=False)
+            start = plugin.initial_weights()
+            if start:
+                base.load_state_dict(start, strict=False)
         return {n: p.detach() for n, p in base.named_parameters()}
 
     def info(self) -> dict[str, Any]:
@@ -195,7 +195,7 @@ class Trainer:
         return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method["name"],
                 "mask_mode": self.cfg.method["mask_mode"], "n_train": self.n_train,
                 "total_steps": getattr(self, "total_steps", 0), "steps_per_epoch": getattr(self, "steps_per_epoch", 0),
-                "trainable": table, "selects_per_step": hasattr(self.method, "selected_counts"),
+                "trainable": table, "selects_per_step": self.method.selects_per_step,
                 "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets), "main_metric": self.task.main_metric}
 
     # ------------------------------------------------------------------------------------------- train
@@ -312,7 +312,7 @@ class Trainer:
                 for plugin in self.plugins:  # masks of references that clip the full gradient first
                     plugin.after_clip(step)
                 if self.mask_check.active:  # per-parameter masks are derived on demand: only if checked
-                    self.mask_check.check(step, getattr(self.method, "masks", None))
+                    self.mask_check.check(step, self.method.masks)
             with timer("optimizer"):
                 if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
                     self.optimizer.step()
@@ -338,7 +338,9 @@ class Trainer:
         record = {"type": "train", "step": st.step, "epoch": round(st.step / self.steps_per_epoch, 3),
                   "loss": window["loss"] / max(window["n"], 1), "lr": self.scheduler.get_last_lr()[0],
                   "examples_per_s": window["examples"] / max(now - window["t"], 1e-9)}
-        selected = getattr(self.method, "selected_counts", self.meter.dense_selected)()
+        selected = self.method.selected_counts()
+        if selected is None:  # a dense method: every trainable entry
+            selected = self.meter.dense_selected()
         record.update(self.meter.record(selected))
         for plugin in self.plugins:
             record.update(plugin.stats())

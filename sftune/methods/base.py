@@ -21,14 +21,43 @@ The training loop calls, for every plugin (the method first, then regularisers i
     stats() -> dict              numbers for metrics.jsonl and the live table (selected shares...)
     state_dict() / load_state_dict(state)    saved in checkpoints (tensors and plain values only)
 
+and, when the run ends (sftune.run), for every plugin:
+
+    initial_weights() -> dict    weights this plug-in set before training that count as the starting point
+                                 of the changed-entries count and the sparse diff (none by default)
+    summary_stats() -> dict      entries for results.json (what was re-initialised, the budget k...)
+
+The method alone (not regularisers) also has, read by the loop, the run and the memory profiler:
+
+    selects_per_step             class flag: a new selection every step (the live table shows its share)
+    selected_counts() -> dict | None   entries selected in the last step per parameter; None = every
+                                 trainable entry (dense)
+    masks                        this step's masks per parameter, or None (compared across processes)
+    candidates                   the parameters a selection is drawn from ({} for dense methods)
+    flat_capable                 class flag: its selections can act on one flat gradient buffer
+    export(run_path, tokenizer) -> (model, write) | None   replace the saved model (LoRA writes adapter/
+                                 and returns the merged model); None = save the trained model as it is
+    state_bytes(peak) -> dict | None   bytes of its persistent state, measured (memprofile's `declared`)
+    state_estimate(mask_mode, flat_grads) -> dict | None   bytes of its persistent state at its largest
+                                 stage, computed after setup on a meta model (memprofile --estimate);
+                                 None = not modelled
+
 `step` is the 1-based index of the optimizer step about to happen (or that just happened, for after_step),
 counted in optimizer steps, never in forward passes.
+
+Every hook that takes an optimizer (on_optimizer, optimizer_step) gets the same object: the one the loop
+steps, accelerate's `AcceleratedOptimizer` wrapper in a run (its `step()` applies mixed precision's loss
+scaling; the torch optimizer it wraps is its `.optimizer`). Plug-ins that need the torch optimizer itself
+(MaskedAdamW's `set_mask`) unwrap it with `torch_optimizer()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -112,6 +141,20 @@ class Hooks:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def initial_weights(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def summary_stats(self) -> dict[str, Any]:
+        return {}
+
+
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer under accelerate's wrapper (the optimizer itself when it is not wrapped: tests and
+    the memory estimate drive the hooks without accelerate)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+
 
 class Plugin(Hooks):
     """A registered plug-in with options: a method or a regulariser."""
@@ -141,5 +184,22 @@ class Regularizer(Plugin):
 class Method(Plugin):
     """A fine-tuning method. Subclasses set `name`, `summary`, optionally `Options`, and `@register`."""
 
+    selects_per_step: ClassVar[bool] = False
+    flat_capable: ClassVar[bool] = False
+    masks: dict[str, torch.Tensor] | None = None
+    candidates: Mapping[str, nn.Parameter] = MappingProxyType({})  # read-only default; setup assigns a dict
+
     def trainable(self, name: str, param: nn.Parameter) -> bool | None:
         return True
+
+    def selected_counts(self) -> dict[str, torch.Tensor | int] | None:
+        return None
+
+    def export(self, run_path: Path, tokenizer: Any) -> tuple[nn.Module, bool] | None:
+        return None
+
+    def state_bytes(self, peak: bool = False) -> dict[str, int] | None:
+        return None
+
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int] | None:
+        return {}  # no persistent state

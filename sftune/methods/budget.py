@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from sftune.config import option
@@ -110,3 +109,9 @@ class BudgetMethod(MaskedMethod):
 
     def stats(self):
         return {"budget_k": self.k}
+
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int] | None:
+        k = getattr(self, "k", None)  # unset when setup stopped early on the meta model
+        if k is None:
+            return None
+        return {"masks": 8 * int(k)}  # this step's k indices (int64) stay until the next step

@@ -125,5 +125,8 @@ class ChildTuningD(MaskedMethod):
         for n, packed in state["packed"].items():
             self.mask.views[n].copy_(unpack_bits(packed, self.candidates[n].numel(), self.candidates[n].shape))
 
-    def state_bytes(self) -> dict[str, int]:
-        return {"mask": self.mask.numel}
+    def state_bytes(self, peak: bool = False) -> dict[str, int]:
+        return {"mask": self.mask.numel}  # fixed for the run: the peak is the same
+
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int]:
+        return {"mask": self.masked_numel()}  # bool, 1 B per candidate entry

@@ -66,3 +66,6 @@ class ChildTuningF(MaskedMethod):
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int]:
+        return {"buffers": self.masked_numel()}  # a bool Bernoulli mask per candidate entry

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sftune.methods.dps_common import DPSMethod, DPSOptions, top_mask
+import torch
+
+from sftune.methods.dps_common import GAM_DTYPES, DPSMethod, DPSOptions, top_mask
 from sftune.registry import register
 
 
@@ -61,3 +63,9 @@ class DPSDense(DPSMethod):
         for n in list(self.gam):
             masks[n] = top_mask(self.gam.pop(n), self.p)
         self.stage_masks = masks
+
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int]:
+        # Stage I holds the GAM, Stage II bool masks (the GAM is freed matrix by matrix): the larger of the two.
+        n = self.masked_numel()
+        gam = n * torch.empty(0, dtype=GAM_DTYPES[self.options.gam_dtype]).element_size()
+        return {"gam": gam} if gam >= n else {"mask": n}

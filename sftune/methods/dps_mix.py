@@ -38,7 +38,7 @@ import torch
 from sftune.architecture import is_projection, transposed_weights
 from sftune.config import option
 from sftune.methods.base import RunContext
-from sftune.methods.dps_common import DPSMethod, DPSOptions, tensor_bytes, top_mask
+from sftune.methods.dps_common import GAM_DTYPES, DPSMethod, DPSOptions, tensor_bytes, top_mask
 from sftune.methods.masking import MaskedMethod
 from sftune.ops.column_mix import ColumnMix
 from sftune.ops.parking import ParkedTensors
@@ -82,8 +82,8 @@ class DPSMix(DPSMethod):
                "sftune choices: R drawn once per optimizer step from (seed, step), so accumulation and resume do not "
                "change it; Stage I is Mixout in both modes (R is a dropout of the forward, not a selection); U at "
                "least 1; exact budgets, ties to the lower index; GAM bfloat16 by default, FAM int32 per column; W0 "
-               "taken when the optimizer exists (after re-initialisation), parked on disk during Stage II (method.w0_store) "
-               "and dropped once no Stage I is left. "
+               "taken when the optimizer exists (after re-initialisation), parked on disk during Stage II "
+               "(method.w0_store) and dropped once no Stage I is left. "
                "Reference script (--preset dps reproduces it): p 0.3, ur 0.05, lr 2e-5, bs 16, 3 epochs, warmup 10%, "
                "wd 0.01, float32 GAM, dropout 0, and in low-resource runs U from one epoch's steps (method."
                "dropout_rule, method.stage_steps); sftune's defaults keep the model's dropout, U = int(T*ur) and "
@@ -270,6 +270,20 @@ class DPSMix(DPSMethod):
                 "mask": tensor_bytes(self.stage_masks.values()) + tensor_bytes(self._r.values())}
 
     # ------------------------------------------------------------------------------------- checkpoints
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int]:
+        """The larger stage: Stage I holds W0, the GAM, FAM (int32) and R (bool) per column; Stage II the bool
+        masks, the grad-mode snapshot and W0 when it stays in memory (w0_store=memory)."""
+        trained = self.trained()
+        n = self.masked_numel()
+        gam = n * torch.empty(0, dtype=GAM_DTYPES[self.options.gam_dtype]).element_size()
+        w0 = tensor_bytes(trained.values())
+        cols = sum(p.shape[1] for p in trained.values() if p.dim() == 2)
+        stage_one = {"w0": w0, "gam": gam, "fam": 4 * cols, "mask": cols}
+        stage_two = {"mask": n, **({"snapshot": w0} if mask_mode == "grad" else {})}
+        if self.options.w0_store == "memory":
+            stage_two["w0"] = w0
+        return stage_one if sum(stage_one.values()) >= sum(stage_two.values()) else stage_two
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if state:

@@ -37,10 +37,9 @@ from typing import Any
 
 import torch
 
-from sftune.methods.base import Method, RunContext
+from sftune.methods.base import Method, RunContext, torch_optimizer
 from sftune.methods.flat_grads import FlatGrads, wanted
 from sftune.select import FlatBuffer, split_sorted
-
 
 _UNCHECKED = object()  # flat_grad() outside select_and_mask: check the gradient views now
 
@@ -69,6 +68,7 @@ class FlatMask:
 
 
 class MaskedMethod(Method):
+    selects_per_step = True
     flat_capable = False  # select() returns FlatIndices / FlatMask, which the flat gradient buffer can take
     mask_after_clip = False  # select and mask after clipping the full gradient (the reference's order)
 
@@ -94,6 +94,7 @@ class MaskedMethod(Method):
 
     def on_optimizer(self, optimizer) -> None:
         if self.mask_mode == "update":
+            optimizer = torch_optimizer(optimizer)
             if not hasattr(optimizer, "set_mask"):
                 raise RuntimeError("update mode needs sftune.optim.MaskedAdamW")
             self.optimizer = optimizer
@@ -183,6 +184,13 @@ class MaskedMethod(Method):
         return split_sorted(flat_indices.reshape(-1), list(self.candidates), self._starts, self._bounds)
 
     # ------------------------------------------------------------------------------------------ counts
+    def masked_numel(self) -> int:
+        """Candidate entries that train (another plug-in may have frozen some candidates)."""
+        return sum(p.numel() for p in self.candidates.values() if p.requires_grad)
+
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int] | None:
+        return None  # a masked method's state is its own: not modelled unless it says
+
     def selected_counts(self) -> dict[str, torch.Tensor | int]:
         """Entries selected in the last step, per parameter (on the device; summed by the caller)."""
         out: dict[str, Any] = {}

@@ -38,6 +38,24 @@ class ScoredMethod(BudgetMethod):
             self.views = {n: self.flat[s:s + p.numel()].view(p.shape)
                           for (n, p), s in zip(self.candidates.items(), self.layout.starts)}
 
+    def state_estimate(self, mask_mode: str, flat_grads: bool) -> dict[str, int] | None:
+        out = super().state_estimate(mask_mode, flat_grads)
+        if out is None or not hasattr(self, "means"):  # setup stopped before the means existed
+            return out
+        if self.flat_scores or flat_grads:  # a float32 score per candidate (else Stochastic: block-wise)
+            out["flat"] = 4 * sum(p.numel() for p in self.candidates.values())
+        out["means"] = 4 * sum(self._input_features())  # mu per input feature, float32
+        return out
+
+    def _input_features(self) -> list[int]:
+        """mu's sizes: one per input feature of each projection (Linear, GPT-2's Conv1D) and norm whose
+        entries are candidates (a norm's weight is 1-D: its size)."""
+        from sftune.architecture import in_features
+
+        modules = {n.rsplit(".", 1)[0] for n, kind in self.kinds.items() if n in self.candidates and kind in MU_KINDS}
+        return [m.weight.shape[0] if m.weight.dim() == 1 else in_features(m)
+                for name, m in self.ctx.model.named_modules() if name in modules]
+
     def _means(self) -> dict[str, torch.Tensor | None]:
         """This step's mu per candidate that has one (Linear and LayerNorm weights), reduced across ranks."""
         self.means.all_reduce(self.ctx.accelerator)

@@ -131,52 +131,11 @@ def _nbytes(tensors) -> int:
 
 
 def method_state(method, mask_mode: str, flat_grads: bool = False) -> tuple[dict[str, int], str]:
-    """(bytes per kind of persistent state at the method's largest stage, how it was obtained). `flat_grads`:
-    the run keeps flat gradients (Stochastic then keeps a flat score buffer too)."""
-    from sftune.methods.masking import MaskedMethod
-
-    cands = {n: p for n, p in getattr(method, "candidates", {}).items() if p.requires_grad}
-    n = sum(p.numel() for p in cands.values())
-    name = method.name
-    if name in ("dps-dense", "dps-mix"):
-        from sftune.methods.dps_common import GAM_DTYPES
-
-        gam = n * torch.empty(0, dtype=GAM_DTYPES[method.options.gam_dtype]).element_size()
-        if name == "dps-dense":  # Stage I: GAM; Stage II: bool masks (GAM freed matrix by matrix)
-            return ({"gam": gam} if gam >= n else {"mask": n}), "estimated"
-        w0 = _nbytes(cands.values())
-        cols = sum(p.shape[1] for p in cands.values() if p.dim() == 2)
-        stage_one = {"w0": w0, "gam": gam, "fam": 4 * cols, "mask": cols}  # FAM int32 and R bool per column
-        stage_two = {"mask": n, **({"snapshot": w0} if mask_mode == "grad" else {})}
-        if getattr(method.options, "w0_store", "memory") == "memory":  # else W0 is parked on disk in Stage II
-            stage_two["w0"] = w0
-        return (stage_one if sum(stage_one.values()) >= sum(stage_two.values()) else stage_two), "estimated"
-    if name == "child-tuning-d":
-        return {"mask": n}, "estimated"  # bool, 1 B per candidate entry
-    k = getattr(method, "k", None)
-    if k is not None:  # per-step budget methods: this step's k indices (int64) stay until the next step
-        out = {"masks": 8 * int(k)}
-        if hasattr(method, "means"):  # importance-scored: mu per input feature, and for Top a float32 score
-            if getattr(method, "flat_scores", False) or flat_grads:  # per candidate (else Stochastic: block-wise)
-                out["flat"] = 4 * sum(p.numel() for p in method.candidates.values())
-            out["means"] = 4 * sum(_input_features(method))
-        return out, "estimated"
-    if name == "child-tuning-f":
-        return {"buffers": n}, "estimated"  # a bool Bernoulli mask per candidate entry
-    if isinstance(method, MaskedMethod):
-        return {}, "not modelled"
-    return {}, "estimated"  # no method state
-
-
-def _input_features(method) -> list[int]:
-    """mu's sizes: one per input feature of each Linear and LayerNorm whose entries are candidates."""
-    modules = {n.rsplit(".", 1)[0] for n, kind in method.kinds.items()
-               if n in method.candidates and kind in ("linear_weight", "conv1d_weight", "ln_weight")}
-    out = []
-    for name, module in method.ctx.model.named_modules():
-        if name in modules:
-            out.append(module.weight.shape[-1])
-    return out
+    """(bytes per kind of persistent state at the method's largest stage, how it was obtained): the method's
+    own `state_estimate`. `flat_grads`: the run keeps flat gradients (Stochastic then keeps a flat score buffer
+    too)."""
+    state = method.state_estimate(mask_mode, flat_grads)
+    return ({}, "not modelled") if state is None else (state, "estimated")
 
 
 def _setup_on_meta(method, ctx) -> str | None:
@@ -220,11 +179,11 @@ def estimate_cell(cell: Cell, config=None) -> dict[str, Any]:
     from sftune.methods.flat_grads import wanted
 
     device = "cpu" if cell.cpu or not torch.cuda.is_available() else "cuda"
-    flat = bool(getattr(method, "flat_capable", False)) and wanted(cfg.train.flat_grads, device, 1)
-    flat_bytes = _nbytes(p for p in getattr(method, "candidates", {}).values() if p.requires_grad) if flat else 0
+    flat = method.flat_capable and wanted(cfg.train.flat_grads, device, 1)
+    flat_bytes = _nbytes(p for p in method.candidates.values() if p.requires_grad) if flat else 0
     state, how = method_state(method, cell.mask_mode, flat)
     if cell.mask_mode == "update" and state:
-        masked = sum(p.numel() for p in getattr(method, "candidates", {}).values() if p.requires_grad)
+        masked = sum(p.numel() for p in method.candidates.values() if p.requires_grad)
         optimizer += 2 * masked  # MaskedAdamW's int16 per-entry step counts
     half = cell.precision in HALF
     activations = activation_bytes(model, batch, half)  # one micro-batch's graph exists at a time
@@ -241,7 +200,7 @@ def estimate_cell(cell: Cell, config=None) -> dict[str, Any]:
                       "method_state": state_total, "activations": activations, "runtime": 0},
         "method_state_detail": state, "method_state_how": how,
         "params": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trainable),
-        "candidates": sum(p.numel() for p in getattr(method, "candidates", {}).values() if p.requires_grad),
+        "candidates": sum(p.numel() for p in method.candidates.values() if p.requires_grad),
     }
     if note:
         result["note"] = f"method setup stopped on the meta model ({note[:160]})"

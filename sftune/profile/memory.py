@@ -45,8 +45,8 @@ from typing import Any, Callable
 import torch
 
 from sftune.engine.loop import Trainer
-from sftune.profile.common import TIME_PHASES, Cell, build_model, failure, load_config, run_config, synthetic_examples
 from sftune.engine.timing import PhaseTimer
+from sftune.profile.common import TIME_PHASES, Cell, build_model, failure, load_config, run_config, synthetic_examples
 from sftune.profile.tracking import ProfileTimer, storages
 
 FAIL_ENV = "SFTUNE_MEMPROFILE_FAIL"  # testing hook: "METHOD" or "METHOD@BATCH" makes that cell's child raise
@@ -283,19 +283,15 @@ def run_cell(cell: Cell, inject: str = "", malloc: str = "mmap") -> dict[str, An
     clock = trainer.phases = PhaseTimer(device)
     run_steps(cell.steps)
     seconds = time.perf_counter() - t0
-    declared = None
-    if callable(getattr(trainer.method, "state_bytes", None)):
-        try:
-            declared = trainer.method.state_bytes(peak=True)
-        except TypeError:
-            declared = trainer.method.state_bytes()
+    declared = trainer.method.state_bytes(peak=True)
+    if declared is not None:
         declared = {k: int(v) for k, v in declared.items()}
     medians = clock.medians(skip=1)
     times = {p: medians.get(p, 0.0) for p in TIME_PHASES}
     times["total"] = sum(times.values())
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    masked = sum(p.numel() for n, p in getattr(trainer.method, "candidates", {}).items() if p.requires_grad)
+    masked = sum(p.numel() for p in trainer.method.candidates.values() if p.requires_grad)
     return {
         "status": "ok",
         "device": _device_name(device),
