@@ -8,8 +8,10 @@ from sftune.metrics import compute
 from sftune.tasks import TASKS, get_task
 
 
-def test_the_eight_glue_tasks():
-    assert set(TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"}
+def test_the_eight_glue_tasks_and_sick():
+    assert set(TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "sick", "sick-r"}
+    assert get_task("sick").eval_splits == ("validation", "test") and get_task("sick").num_labels == 3
+    assert get_task("sick-r").is_regression and get_task("sick-e").name == "sick"
     assert get_task("stsb").is_regression and get_task("stsb").num_labels == 1
     assert get_task("mnli").eval_splits == ("validation_matched", "validation_mismatched")
     assert get_task("mrpc").metrics == ("f1", "accuracy") and get_task("qqp").main_metric == "f1"
