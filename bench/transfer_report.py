@@ -10,7 +10,10 @@ RUNS_DIR holds METHOD-seedS/ directories (each with results.json and transfer.js
 * paired differences against the baseline method (same seed, same examples): the mean over seeds, a 95% t
   interval over the per-seed differences (seed variation; wide with few seeds), and a 95% paired bootstrap
   interval over examples (2,000 resamples of the evaluation rows; the seed-mean difference is recomputed on
-  each, so it covers which examples were drawn, not which seeds).
+  each, so it covers which examples were drawn, not which seeds);
+* for 2-way targets, the ROC AUC of the model's P(entailment) against gold entailment (mean ± std over seeds):
+  threshold-free, so it shows whether a model ranks entailed pairs higher even when its argmax never says
+  entailment out of domain (a supplement; the protocol's figure is the mapped accuracy).
 
 Only complete runs (results.json and every target) are used; a method is compared on the seeds both have.
 """
@@ -42,6 +45,20 @@ def correct_vectors(run: Path, in_domain: str) -> dict[str, np.ndarray]:
         rows = [json.loads(x) for x in (run / entry["predictions"]).read_text().splitlines()]
         rows.sort(key=lambda r: r["idx"])
         out[name] = np.array([r["correct"] for r in rows], dtype=float)
+    return out
+
+
+def entailment_aucs(run: Path) -> dict[str, float]:
+    """ROC AUC of P(entailment) (the source model's probability) on every 2-way target with an entailment class."""
+    from sklearn.metrics import roc_auc_score
+
+    doc = json.loads((run / "transfer.json").read_text())
+    k = doc["source_labels"].index("entailment")
+    out = {}
+    for name, entry in doc["targets"].items():
+        if len(entry["labels"]) == 2 and "entailment" in entry["labels"]:
+            rows = [json.loads(x) for x in (run / entry["predictions"]).read_text().splitlines()]
+            out[name] = roc_auc_score([r["label"] == "entailment" for r in rows], [r["probabilities"][k] for r in rows])
     return out
 
 
@@ -91,6 +108,17 @@ def report(root: Path, baseline: str, in_domain: str) -> str:
             sd = f" ± {pct(np.std(accs, ddof=1))}" if len(accs) > 1 else ""
             cells.append(f"{pct(np.mean(accs))}{sd}" if accs else "–")
         lines.append(f"| {method} | {len(runs[method])} | " + " | ".join(cells) + " |")
+    aucs = {m: {s: entailment_aucs(root / f"{m}-seed{s}") for s in runs[m]} for m in order}
+    auc_targets = sorted({t for m in aucs.values() for a in m.values() for t in a})
+    if auc_targets:
+        lines += ["", "ROC AUC of P(entailment) on the 2-way targets, mean ± std over seeds:", "",
+                  "| method | " + " | ".join(auc_targets) + " |", "|---|" + "---|" * len(auc_targets)]
+        for method in order:
+            cells = []
+            for t in auc_targets:
+                vals = [a[t] for a in aucs[method].values() if t in a]
+                cells.append(f"{np.mean(vals):.3f}" + (f" ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else ""))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"Paired difference against {baseline} (percentage points; per-seed values; 95% t interval "
               "over seeds; 95% paired bootstrap interval over examples):", "",
               "| method | metric | seeds | per seed | mean | t 95% (seeds) | bootstrap 95% (examples) |",
