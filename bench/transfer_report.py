@@ -48,8 +48,9 @@ def correct_vectors(run: Path, in_domain: str) -> dict[str, np.ndarray]:
     return out
 
 
-def entailment_aucs(run: Path) -> dict[str, float]:
-    """ROC AUC of P(entailment) (the source model's probability) on every 2-way target with an entailment class."""
+def entailment_aucs(run: Path) -> dict[str, tuple[float, float]]:
+    """(ROC AUC of P(entailment), share of rows predicted entailment) on every 2-way target with an entailment
+    class; P(entailment) is the source model's probability of its own entailment label."""
     from sklearn.metrics import roc_auc_score
 
     doc = json.loads((run / "transfer.json").read_text())
@@ -58,7 +59,8 @@ def entailment_aucs(run: Path) -> dict[str, float]:
     for name, entry in doc["targets"].items():
         if len(entry["labels"]) == 2 and "entailment" in entry["labels"]:
             rows = [json.loads(x) for x in (run / entry["predictions"]).read_text().splitlines()]
-            out[name] = roc_auc_score([r["label"] == "entailment" for r in rows], [r["probabilities"][k] for r in rows])
+            out[name] = (roc_auc_score([r["label"] == "entailment" for r in rows], [r["probabilities"][k] for r in rows]),
+                         sum(r["prediction"] == "entailment" for r in rows) / len(rows))
     return out
 
 
@@ -111,13 +113,17 @@ def report(root: Path, baseline: str, in_domain: str) -> str:
     aucs = {m: {s: entailment_aucs(root / f"{m}-seed{s}") for s in runs[m]} for m in order}
     auc_targets = sorted({t for m in aucs.values() for a in m.values() for t in a})
     if auc_targets:
-        lines += ["", "ROC AUC of P(entailment) on the 2-way targets, mean ± std over seeds:", "",
-                  "| method | " + " | ".join(auc_targets) + " |", "|---|" + "---|" * len(auc_targets)]
+        lines += ["", "2-way targets: ROC AUC of P(entailment), and % of rows predicted entailment (after the "
+                  "mapping), mean ± std over seeds:", "",
+                  "| method | " + " | ".join(f"{t} AUC | {t} % pred. entailment" for t in auc_targets) + " |",
+                  "|---|" + "---|---|" * len(auc_targets)]
         for method in order:
             cells = []
             for t in auc_targets:
-                vals = [a[t] for a in aucs[method].values() if t in a]
-                cells.append(f"{np.mean(vals):.3f}" + (f" ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else ""))
+                for j, show in ((0, lambda v: f"{v:.3f}"), (1, lambda v: f"{100 * v:.1f}")):
+                    vals = [a[t][j] for a in aucs[method].values() if t in a]
+                    sd = f" ± {show(np.std(vals, ddof=1))}" if len(vals) > 1 else ""
+                    cells.append(show(np.mean(vals)) + sd)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"Paired difference against {baseline} (percentage points; per-seed values; 95% t interval "
               "over seeds; 95% paired bootstrap interval over examples):", "",
