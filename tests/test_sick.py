@@ -151,6 +151,31 @@ def test_sick_source_transfers_to_rte_and_sick(invoke, tiny_bert, glue_dir, sick
     assert "labels mapped entailment->entailment, neutral->not_entailment, contradiction->not_entailment" in stdout
 
 
+def test_sick_hub_path_retries_the_parquet_conversion(monkeypatch):
+    """Offline stand-in for the Hub: the script dataset is refused, its refs/convert/parquet branch answers."""
+    import datasets
+
+    from sftune.data import load_splits
+
+    calls = []
+    rows = {"sentence_A": ["a man plays", "a dog runs"], "sentence_B": ["a person plays", "a cat sleeps"],
+            "label": [0, 2], "relatedness_score": [4.5, 1.5]}
+
+    def fake_load(name, config=None, **kwargs):
+        calls.append((name, config, kwargs.get("revision")))
+        if kwargs.get("revision") != "refs/convert/parquet":
+            raise RuntimeError("Dataset scripts are no longer supported")
+        return datasets.DatasetDict({s: datasets.Dataset.from_dict(rows) for s in ("train", "validation", "test")})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    splits = load_splits(get_task("sick"), DataConfig())
+    assert calls == [("RobZamp/sick", None, None), ("RobZamp/sick", None, "refs/convert/parquet")]
+    assert splits.train["label"] == [0, 2] and list(splits.evals) == ["validation", "test"]
+    assert splits.evals["test"]["text_b"] == ["a person plays", "a cat sleeps"]
+    regression = load_splits(get_task("sick-r"), DataConfig(), need_train=False)
+    assert regression.evals["test"]["label"] == [4.5, 1.5]
+
+
 @pytest.mark.hub
 def test_sick_from_the_hub():
     """RobZamp/sick (script dataset; the parquet conversion as fallback): the official split sizes."""
