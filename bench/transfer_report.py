@@ -59,7 +59,8 @@ def entailment_aucs(run: Path) -> dict[str, tuple[float, float]]:
     for name, entry in doc["targets"].items():
         if len(entry["labels"]) == 2 and "entailment" in entry["labels"]:
             rows = [json.loads(x) for x in (run / entry["predictions"]).read_text().splitlines()]
-            out[name] = (roc_auc_score([r["label"] == "entailment" for r in rows], [r["probabilities"][k] for r in rows]),
+            gold = [r["label"] == "entailment" for r in rows]
+            out[name] = (roc_auc_score(gold, [r["probabilities"][k] for r in rows]),
                          sum(r["prediction"] == "entailment" for r in rows) / len(rows))
     return out
 
