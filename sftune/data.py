@@ -1,7 +1,8 @@
 """Training and evaluation data: three sources behind one interface, tokenised for the model.
 
 * the Hugging Face Hub (`nyu-mll/glue`), what users with a network get by default;
-* a GLUE-format directory (`--data-dir` or `SFTUNE_DATA_DIR`), laid out like the original GLUE download;
+* a GLUE-format directory (`--data-dir` or `SFTUNE_DATA_DIR`), laid out like the original GLUE download
+  (SICK: the directory holding SICK.txt, one file whose `SemEval_set` column names the split);
 * plain CSV/TSV/JSONL files (`--train-file`, `--validation-file`).
 
 Every source becomes a `datasets.Dataset` with columns `idx`, `text_a`, `text_b` (pair tasks) and `label`
@@ -24,9 +25,6 @@ from sftune.hub import require_hub
 from sftune.textfiles import check_utf8
 from sftune.tasks import Task
 
-HUB_DATASET = "nyu-mll/glue"
-
-
 @dataclass
 class Splits:
     train: object | None  # datasets.Dataset
@@ -44,8 +42,9 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_table(path: Path, column_names: tuple[str, ...] | None = None):
-    """Read a CSV/TSV/JSONL file into a Dataset of strings, with quoting off for TSV."""
+def _read_table(path: Path, column_names: tuple[str, ...] | None = None, delimiter: str | None = None):
+    """Read a CSV/TSV/JSONL file into a Dataset of strings, with quoting off for TSV (the suffix decides,
+    unless `delimiter` is given: SICK.txt is tab-separated)."""
     import datasets
 
     if not path.is_file():
@@ -64,8 +63,9 @@ def _read_table(path: Path, column_names: tuple[str, ...] | None = None):
         if suffix in (".jsonl", ".json"):
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         else:
-            kwargs = dict(delimiter="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_filter=False)
-            if suffix == ".tsv":
+            sep = delimiter or ("\t" if suffix == ".tsv" else ",")
+            kwargs = dict(delimiter=sep, keep_default_na=False, na_filter=False)
+            if sep == "\t":
                 kwargs["quoting"] = 3  # csv.QUOTE_NONE: GLUE text has unbalanced quotes (MRPC breaks otherwise)
             if column_names:
                 kwargs["column_names"] = list(column_names)
@@ -84,8 +84,8 @@ def _label_to_value(raw, task: Task, where: str):
         except (TypeError, ValueError):
             raise UsageError(f"{where}: label '{raw}' is not a number (task {task.name} is a regression).") from None
     names = task.label_names
-    if isinstance(raw, str) and raw in names:
-        return names.index(raw)
+    if isinstance(raw, str) and raw.strip().lower() in names:  # SICK writes ENTAILMENT
+        return names.index(raw.strip().lower())
     try:
         value = int(str(raw).strip())
     except ValueError:
@@ -116,21 +116,44 @@ def _normalise(ds, task: Task, text_cols: tuple[str, ...], label_col: str | None
     return datasets.Dataset.from_dict(columns)
 
 
-def _from_dir(task: Task, data_dir: Path, need_train: bool) -> Splits:
+def dir_split_table(task: Task, data_dir: Path, split: str, cache: dict | None = None):
+    """One split of `task` from a local directory, as the raw table, and the file it came from.
+
+    GLUE: one file per split (`TASK/dev.tsv`, or the file directly in `data_dir`). SICK: one file for all
+    splits, filtered on `task.dir_split_column`. `cache` (path -> table) lets several splits read a file once."""
     root = data_dir / task.dir_name if (data_dir / task.dir_name).is_dir() else data_dir
     if not root.is_dir():
-        raise UsageError(f"data directory {data_dir} does not exist. Point --data-dir at a GLUE-format directory.")
-    splits, prints = {}, []
-    for split, fname in task.dir_files.items():
+        raise UsageError(f"data directory {data_dir} does not exist. Point --data-dir at a GLUE-format directory"
+                         + (" (for SICK: the directory holding SICK.txt)." if task.dir_split_column else "."))
+    path = root / task.dir_files[split]
+    if not path.is_file():
+        raise UsageError(f"data file {path} does not exist: --data-dir must hold {task.dir_name}/"
+                         f"{task.dir_files[split]} or {task.dir_files[split]} for task {task.name}.")
+    cache = {} if cache is None else cache
+    if path not in cache:
+        cache[path] = _read_table(path, task.dir_columns, task.dir_delimiter)
+    table = cache[path]
+    if task.dir_split_column:
+        column, value = task.dir_split_column, task.dir_split_values[split]
+        if column not in table.column_names:
+            raise UsageError(f"{path}: missing column {column} (the split of each row); it has "
+                             f"{', '.join(table.column_names)}. Give the original SICK.txt.")
+        table = table.select([i for i, v in enumerate(table[column]) if str(v).strip() == value])
+        if len(table) == 0:
+            raise UsageError(f"{path}: no row has {column} = {value} (split {split}). Give the original SICK.txt.")
+    return table, path
+
+
+def _from_dir(task: Task, data_dir: Path, need_train: bool) -> Splits:
+    splits, prints, cache = {}, [], {}
+    for split in task.dir_files:
         if split == "train" and not need_train:
             continue
-        path = root / fname
-        if not path.is_file():
-            raise UsageError(f"data file {path} does not exist: --data-dir must hold {task.dir_name}/{fname} "
-                             f"(GLUE layout) for task {task.name}.")
-        table = _read_table(path, task.dir_columns)
-        splits[split] = _normalise(table, task, task.dir_text, task.dir_label, str(path))
+        table, path = dir_split_table(task, data_dir, split, cache)
+        where = str(path) + (f" ({task.dir_split_values[split]})" if task.dir_split_column else "")
+        splits[split] = _normalise(table, task, task.dir_text, task.dir_label, where)
         prints.append({"split": split, "path": str(path.resolve()), "md5": _md5(path), "rows": len(table)})
+    root = path.parent
     return Splits(splits.pop("train", None), splits, f"glue-dir:{root}", prints)
 
 
@@ -165,20 +188,28 @@ def _from_hub(task: Task, need_train: bool) -> Splits:
     import datasets
 
     datasets.disable_progress_bars()
-    require_hub(f"the data set {HUB_DATASET}/{task.hub_config}")
-    try:
-        ds = datasets.load_dataset(HUB_DATASET, task.hub_config)
-    except Exception as e:  # network, offline mode or missing config: one clear sentence
-        raise UsageError(f"cannot load {HUB_DATASET}/{task.hub_config} from the Hugging Face Hub "
-                         f"({type(e).__name__}). Without a network use --data-dir DIR (GLUE layout) "
+    name = task.hub_dataset + (f"/{task.hub_config}" if task.hub_config else "")
+    require_hub(f"the data set {name}")
+    # A script dataset (SICK) is refused by recent `datasets`; the Hub's parquet conversion has the same rows.
+    attempts = [{}] + ([{"revision": "refs/convert/parquet"}] if task.hub_parquet_fallback else [])
+    error = None
+    for extra in attempts:
+        try:
+            ds = datasets.load_dataset(task.hub_dataset, task.hub_config or None, **extra)
+            break
+        except Exception as e:  # network, offline mode or missing config: one clear sentence
+            error = error or e
+    else:
+        raise UsageError(f"cannot load {name} from the Hugging Face Hub ({type(error).__name__}). Without a "
+                         "network use --data-dir DIR (GLUE layout; for SICK the directory holding SICK.txt) "
                          "or --train-file/--validation-file.") from None
     splits = {}
     for split in (("train",) if need_train else ()) + task.eval_splits:
         table = ds[split]
-        splits[split] = _normalise(table, task, task.hub_text, "label", f"{HUB_DATASET}/{task.hub_config}:{split}")
-    prints = [{"split": s, "dataset": HUB_DATASET, "config": task.hub_config, "fingerprint": ds[s]._fingerprint}
+        splits[split] = _normalise(table, task, task.hub_text, task.hub_label, f"{name}:{split}")
+    prints = [{"split": s, "dataset": task.hub_dataset, "config": task.hub_config, "fingerprint": ds[s]._fingerprint}
               for s in splits]
-    return Splits(splits.pop("train", None), splits, f"hub:{HUB_DATASET}", prints)
+    return Splits(splits.pop("train", None), splits, f"hub:{task.hub_dataset}", prints)
 
 
 def load_splits(task: Task, cfg: DataConfig, need_train: bool = True) -> Splits:

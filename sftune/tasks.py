@@ -1,8 +1,10 @@
-"""The GLUE task table: where each task's text and labels live, and how it is scored.
+"""The task table: where each task's text and labels live, and how it is scored.
 
-One `Task` per GLUE task. `hub_*` fields describe the `nyu-mll/glue` dataset on the Hugging Face Hub;
-`dir_*` fields describe the original GLUE TSV layout (as in ../shared/data/glue). Every source is turned
-into the same three columns, `text_a`, `text_b` (pair tasks) and `label`, before tokenisation.
+One `Task` per GLUE task, plus SICK (`sick`: 3-way NLI; `sick-r`: its relatedness score as a regression).
+`hub_*` fields describe the Hugging Face Hub dataset (`nyu-mll/glue` unless `hub_dataset` says otherwise);
+`dir_*` fields describe the file layout of a local directory (the original GLUE TSVs, as in
+../shared/data/glue; SICK's single SICK.txt, whose `SemEval_set` column holds the split). Every source is
+turned into the same three columns, `text_a`, `text_b` (pair tasks) and `label`, before tokenisation.
 
 A task declares its objective: `classification` (GLUE: a sequence-classification head, encoder or decoder) or
 `causal-lm` (instruction data: a causal LM trained on the response tokens, evaluated by validation loss and
@@ -41,6 +43,11 @@ class Task:
     @property
     def is_causal_lm(self) -> bool:
         return self.objective == "causal-lm"
+    hub_label: str = "label"
+    hub_parquet_fallback: bool = False  # script dataset: also try the Hub's refs/convert/parquet branch
+    dir_delimiter: str = "\t"
+    dir_split_column: str = ""  # one file holds every split; this column says which (SICK's SemEval_set)
+    dir_split_values: dict[str, str] = field(default_factory=dict)  # split -> value in dir_split_column
 
     @property
     def is_regression(self) -> bool:
@@ -56,6 +63,11 @@ class Task:
 
 
 _DEV = {"train": "train.tsv", "validation": "dev.tsv"}
+# SICK: TRAIN to train, TRIAL (the official development set) to select, TEST (4,906) evaluated too.
+_SICK = dict(hub_dataset="RobZamp/sick", hub_parquet_fallback=True, eval_splits=("validation", "test"),
+             dir_name="SICK", dir_files={"train": "SICK.txt", "validation": "SICK.txt", "test": "SICK.txt"},
+             dir_text=("sentence_A", "sentence_B"), dir_split_column="SemEval_set",
+             dir_split_values={"train": "TRAIN", "validation": "TRIAL", "test": "TEST"})
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -85,6 +97,12 @@ TASKS: dict[str, Task] = {
              dir_name="QNLI", dir_files=_DEV, dir_text=("question", "sentence"), description="QA entailment (accuracy)"),
         Task("rte", "rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",), "accuracy",
              dir_name="RTE", dir_files=_DEV, dir_text=("sentence1", "sentence2"), description="entailment (accuracy)"),
+        Task("sick", "", ("sentence_A", "sentence_B"), ("entailment", "neutral", "contradiction"), ("accuracy",),
+             "accuracy", dir_label="entailment_label", **_SICK,
+             description="SICK 3-way NLI, TRIAL dev and TEST (accuracy)"),
+        Task("sick-r", "", ("sentence_A", "sentence_B"), None, ("pearson", "spearman"), "pearson",
+             dir_label="relatedness_score", hub_label="relatedness_score", **_SICK,
+             description="SICK relatedness regression 1-5, TRIAL dev and TEST (Pearson and Spearman)"),
         Task("gsm8k", "main", ("question",), None, ("exact_match",), "exact_match", eval_splits=("test",),
              dir_name="gsm8k", dir_files={"train": "train.jsonl", "test": "test.jsonl"}, objective="causal-lm",
              hub_dataset="openai/gsm8k", prompt_field="question", response_field="answer", scorer="gsm8k",
@@ -97,7 +115,8 @@ TASKS: dict[str, Task] = {
 }
 
 # Spellings users type for the same task.
-ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_m": "mnli"}
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_m": "mnli", "sick-e": "sick",
+           "sick_e": "sick", "sick_r": "sick-r"}
 
 
 def get_task(name: str) -> Task:

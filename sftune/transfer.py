@@ -1,8 +1,9 @@
 """Out-of-domain NLI transfer (appendix E): a model trained on a 3-way NLI task (MNLI or SNLI), evaluated on
 other NLI sets with its predicted labels mapped onto each target's label set.
 
-    targets     what can be evaluated: GLUE rte/qnli/mnli (Hub or a GLUE directory), SNLI, SciTail, SICK
-                (Hub), or any CSV/TSV/JSONL file with a column and label mapping
+    targets     what can be evaluated: GLUE rte/qnli/mnli (Hub or a GLUE directory), SICK (Hub or the
+                directory holding SICK.txt), SNLI, SciTail (Hub), or any CSV/TSV/JSONL file with a column
+                and label mapping
     mapping     source label -> target label, by name: a 3-way source on a 2-way target sends every
                 non-entailment label to the target's non-entailment class; equal names map to each other;
                 explicit `--label-map` entries win; a label left without a rule is a UsageError
@@ -44,7 +45,7 @@ UNLABELED = {"", "-", "-1", "none", "null", "nan"}  # SNLI marks examples withou
 LABEL_ORDER = ("entailment", "neutral", "contradiction", "not_entailment")
 
 # Sources: the training task in the task table (SNLI has MNLI's labels and pair layout, so it trains that head).
-SOURCES = {"mnli": "mnli", "snli": "mnli"}
+SOURCES = {"mnli": "mnli", "snli": "mnli", "sick": "sick"}
 SNLI_HUB = "stanfordnlp/snli"
 
 
@@ -60,7 +61,7 @@ class TargetDef:
     split: str  # default split: GLUE dev (its test has no labels), otherwise the labelled test split
     hub_text: tuple[str, str]
     hub_label: str
-    glue_task: str | None = None  # tasks.py entry whose dir_* columns describe the GLUE file
+    glue_task: str | None = None  # tasks.py entry whose dir_* fields describe the --data-dir file(s)
     glue_split: str | None = None  # key of that task's dir_files
     parquet_fallback: bool = False  # script-based Hub dataset: also try its refs/convert/parquet branch
     description: str = ""
@@ -82,7 +83,7 @@ TARGETS: dict[str, TargetDef] = {
         TargetDef("scitail", ("entailment", "neutral"), "allenai/scitail", "snli_format", "test",
                   ("sentence1", "sentence2"), "gold_label", description="SciTail test (2,126)"),
         TargetDef("sick", NLI3, "RobZamp/sick", None, "test", ("sentence_A", "sentence_B"), "label",
-                  parquet_fallback=True, description="SICK test (4,906)"),
+                  glue_task="sick", glue_split="test", parquet_fallback=True, description="SICK test (4,906)"),
     ]
 }
 TARGET_ALIASES = {"mnli-m": "mnli", "mnli_m": "mnli", "mnli_mm": "mnli-mm", "mnli-mismatched": "mnli-mm",
@@ -328,8 +329,17 @@ def _load_file(spec: TargetSpec) -> TargetData:
 
     path, opts, defn = spec.file, spec.options, spec.definition
     columns = tuple(opts["columns"]) if opts.get("columns") else None
-    table = _read_table(path, columns)
+    task = get_task(defn.glue_task) if defn and defn.glue_task else None
+    table = _read_table(path, columns, "\t" if task and task.dir_split_column and path.suffix == ".txt" else None)
+    rows = len(table)
     where = str(path)
+    if task and task.dir_split_column in table.column_names:  # the whole SICK.txt: keep the split asked for
+        split = opts.get("split") or defn.glue_split
+        if split not in task.dir_split_values:
+            raise UsageError(f"target {spec.name}: split '{split}' is not one of {', '.join(task.dir_split_values)}.")
+        value = task.dir_split_values[split]
+        table = table.select([i for i, v in enumerate(table[task.dir_split_column]) if str(v).strip() == value])
+        where += f" ({value})"
     preferred: list[tuple[str, ...]] = []
     if defn:
         preferred.append(defn.hub_text)
@@ -354,31 +364,33 @@ def _load_file(spec: TargetSpec) -> TargetData:
     ds = _build(table, text_cols, ids)
     origin = {"kind": "file", "path": str(path.resolve()), "md5": _md5(path), "rows": len(table),
               "text_columns": list(text_cols), "label_column": label_col}
+    if len(table) != rows:
+        origin["file_rows"] = rows
     return TargetData(spec.name, labels, ds, spec.options.get("split") or "file", origin, len(table) - len(ds))
 
 
 def _load_glue_dir(spec: TargetSpec, data_dir: Path) -> TargetData:
-    from sftune.data import _md5, _read_table
+    from sftune.data import _md5, dir_split_table
 
     defn = spec.definition
     task = get_task(defn.glue_task)
     split = spec.options.get("split") or defn.glue_split
     if split not in task.dir_files:
-        raise UsageError(f"target {spec.name}: split '{split}' is not in a GLUE directory "
+        raise UsageError(f"target {spec.name}: split '{split}' is not in a --data-dir "
                          f"(it has {', '.join(task.dir_files)}).")
-    root = data_dir / task.dir_name
-    path = root / task.dir_files[split]
-    if not path.is_file():
-        raise UsageError(f"data file {path} does not exist: --data-dir must hold {task.dir_name}/"
-                         f"{task.dir_files[split]} (GLUE layout) for target {spec.name}, or give "
-                         f"--target-file {spec.name}=PATH.")
-    table = _read_table(path, task.dir_columns)
+    if not (data_dir / task.dir_name).is_dir() and not (data_dir / task.dir_files[split]).is_file():
+        raise UsageError(f"--data-dir {data_dir} has neither {task.dir_name}/{task.dir_files[split]} nor "
+                         f"{task.dir_files[split]} for target {spec.name}: give --target-file {spec.name}=PATH "
+                         "(--data-dir is one directory, shared by the source and every target).")
+    table, path = dir_split_table(task, data_dir, split)
     for col in (*task.dir_text, task.dir_label):
         if col not in table.column_names:
             raise UsageError(f"{path}: missing column {col}; it has {', '.join(table.column_names)}.")
     labels = spec.static_labels
     ids, labels = _to_ids(table[task.dir_label], labels, labels, str(path))
     origin = {"kind": "glue-dir", "path": str(path.resolve()), "md5": _md5(path), "rows": len(table)}
+    if task.dir_split_column:
+        origin["split_column"] = {task.dir_split_column: task.dir_split_values[split]}
     ds = _build(table, task.dir_text, ids)
     return TargetData(spec.name, labels, ds, split, origin, len(table) - len(ds))
 

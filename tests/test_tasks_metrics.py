@@ -8,9 +8,12 @@ from sftune.metrics import compute
 from sftune.tasks import TASKS, get_task
 
 
-def test_the_eight_glue_tasks():
-    assert {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"} <= set(TASKS)
+def test_the_eight_glue_tasks_sick_and_the_lm_tasks():
+    assert set(TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "sick", "sick-r", "gsm8k",
+                          "instruct"}
     assert {n for n, t in TASKS.items() if t.is_causal_lm} == {"gsm8k", "instruct"}
+    assert get_task("sick").eval_splits == ("validation", "test") and get_task("sick").num_labels == 3
+    assert get_task("sick-r").is_regression and get_task("sick-e").name == "sick"
     assert get_task("stsb").is_regression and get_task("stsb").num_labels == 1
     assert get_task("mnli").eval_splits == ("validation_matched", "validation_mismatched")
     assert get_task("mrpc").metrics == ("f1", "accuracy") and get_task("qqp").main_metric == "f1"

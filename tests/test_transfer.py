@@ -1,8 +1,9 @@
 """`sftune transfer`: label mapping rules, and a 3-way run evaluated on the real RTE and QNLI dev files.
 
-No 3-way NLI data exists offline, so the training file is a mechanical stand-in built from RTE train rows:
-entailment rows stay `entailment`, `not_entailment` rows become `neutral` and `contradiction` alternately (by
-their order in the file). It only gives the model three classes to learn; it is not MNLI.
+The training file here is a mechanical fixture for the `--train-file` path (`--source mnli`), built from RTE
+train rows: entailment rows stay `entailment`, `not_entailment` rows become `neutral` and `contradiction`
+alternately (by their order in the file). It only gives the model three classes to learn; it is not NLI data.
+Real 3-way data (SICK, as source and target) is tested in tests/test_sick.py.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def transfer_table(doc: dict, names: list[str]) -> Table:
     return table
 
 
-@app.command(help="Train on an NLI task (mnli, snli) and evaluate on other NLI sets with the label mapping "
+@app.command(help="Train on an NLI task (mnli, snli, sick) and evaluate on other NLI sets with the label mapping "
                   "(neutral and contradiction -> the non-entailment class of 2-way targets), or evaluate a "
                   "trained RUN_DIR. Writes transfer.json and transfer/<target>.jsonl into the run directory.",
              epilog=examples(
@@ -61,8 +61,8 @@ def transfer(
                                          "directory written by 'sftune train'/'sftune transfer' to reuse.")],
     targets: Annotated[list[str] | None, typer.Option("--targets", "-t", help="Comma-separated targets: "
                        + ", ".join(tr.TARGETS) + " (repeatable).")] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Training task: mnli (default) or snli "
-                      "(any classification task of 'sftune train' works).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Training task: mnli (default), snli "
+                      "or sick (any classification task of 'sftune train' works).")] = None,
     target_file: Annotated[list[str] | None, typer.Option("--target-file", help="Evaluate a CSV/TSV/JSONL "
                            "file as target NAME: --target-file NAME=PATH (repeatable; a built-in NAME uses the "
                            "file instead of the Hub).")] = None,
@@ -132,7 +132,7 @@ def transfer(
         classifiers = {n for n, t in TASKS.items() if not t.is_regression and not t.is_causal_lm}
         if task_name not in classifiers:
             raise unknown("source", source_name, sorted({*tr.SOURCES, *classifiers}),
-                          "The protocol trains on mnli or snli.")
+                          "The protocol trains on mnli, snli or sick.")
         if train_size is not None and train_size < 0:
             raise UsageError(f"--train-size {train_size}: give a positive count, or 0 for the whole training set.")
         options = {"train.seed": seed, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
@@ -174,8 +174,9 @@ def transfer(
     progress = None
     if format_ != "json":
         def progress(name: str, entry: dict, cached: bool) -> None:
-            console.print(f"[transfer] {name}: {entry['examples']:,} examples, accuracy {entry['accuracy']:.4f}"
-                          + (" (already evaluated)" if cached else ""),
+            mapped = ", ".join(f"{s}->{t}" for s, t in entry["label_map"].items())
+            console.print(f"[transfer] {name}: {entry['examples']:,} examples, accuracy {entry['accuracy']:.4f}, "
+                          f"labels mapped {mapped}" + (" (already evaluated)" if cached else ""),
                           highlight=False, markup=False)
     doc = tr.evaluate_run(run, source_name, loaded, mappings, out_dir, on_target=progress, reuse=resume)
     if format_ == "json":
