@@ -30,9 +30,9 @@ from sftune.select import (  # noqa: E402
     global_threshold_mask,
     pack_bits,
     top_fraction_mask,
-    unpack_bits,
     topk_indices,
     uniform_sample_without_replacement,
+    unpack_bits,
     weighted_sample_without_replacement,
 )
 
@@ -129,7 +129,8 @@ def run_checks(dev: torch.device) -> None:
         for pa, pb in zip(m1.parameters(), m2.parameters()):
             pa.grad = torch.randn(pa.shape, generator=gg, device=dev)
             pb.grad = pa.grad.clone()
-            opt.set_mask(pb, torch.ones_like(pb, dtype=torch.bool) if step % 2 else torch.arange(pb.numel(), device=dev))
+            mask = torch.ones_like(pb, dtype=torch.bool) if step % 2 else torch.arange(pb.numel(), device=dev)
+            opt.set_mask(pb, mask)
         ref_opt.step()
         opt.step()
     same = all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))

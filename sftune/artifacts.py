@@ -29,7 +29,6 @@ from typing import Any
 from sftune import __version__
 from sftune.errors import UsageError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

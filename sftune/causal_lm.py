@@ -48,7 +48,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 @torch.no_grad()
 def evaluate_lm(trainer, generate_answers: bool) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """Metrics and predictions per evaluation split (see the module docstring)."""
-    acc, cfg = trainer.accelerator, trainer.cfg.data
+    acc = trainer.accelerator
     model = trainer.model
     model.eval()
     for plugin in trainer.plugins:

@@ -22,8 +22,9 @@ import torch
 from sftune.config import DataConfig
 from sftune.errors import UsageError
 from sftune.hub import require_hub
-from sftune.textfiles import check_utf8
 from sftune.tasks import Task
+from sftune.textfiles import check_utf8
+
 
 @dataclass
 class Splits:

@@ -19,7 +19,6 @@ from sftune.errors import UsageError
 from sftune.hub import require_hub
 
 
-
 def resolve_model_path(name: str) -> str:
     """Map aliases to paths; check that local-looking paths exist."""
     if name.lower() in ("minilm", "minilm-l6"):

@@ -135,9 +135,9 @@ def plot_runs(paths: list[Path], out: Path) -> Path:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:5]:  # the legend of the panel with the most lines
-        h, l = ax.get_legend_handles_labels()
-        if len(h) > len(handles):
-            handles, labels = h, l
+        these, names = ax.get_legend_handles_labels()
+        if len(these) > len(handles):
+            handles, labels = these, names
     steps = [c[k][0] for runs in groups.values() for c in runs for k, _ in PANELS if k in c]
     if steps:  # one step range for every panel (a lone evaluation would otherwise get a range of its own)
         lo, hi = min(x.min() for x in steps), max(x.max() for x in steps)

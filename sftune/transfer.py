@@ -466,7 +466,8 @@ def source_labels_of(task_name: str) -> tuple[str, ...] | None:
 
 
 @torch.no_grad()
-def predict(model, tokenizer, ds, task_name: str, max_length: int, batch_size: int, device) -> tuple[list, torch.Tensor]:
+def predict(model, tokenizer, ds, task_name: str, max_length: int, batch_size: int,
+            device) -> tuple[list, torch.Tensor]:
     """Source-label probabilities for every row of `ds` (float32, in row order)."""
     from sftune.data import make_loader, tokenize
 

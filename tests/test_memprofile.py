@@ -135,7 +135,8 @@ def test_estimate_counts_flat_gradients(tiny_bert):
     cells = {}
     for flat in ("off", "on"):
         code, out, err = _run(["memprofile", tiny_bert, "--methods", "top,stochastic", "--batch-sizes", "8",
-                               "--seq-len", "32", "--estimate", "--format", "json", "--set", f"train.flat_grads={flat}"])
+                               "--seq-len", "32", "--estimate", "--format", "json",
+                               "--set", f"train.flat_grads={flat}"])
         assert code == 0, err
         cells[flat] = {c["method"]: c for c in json.loads(out)["cells"]}
     for method in ("top", "stochastic"):
@@ -161,7 +162,8 @@ def test_estimate_of_a_large_shape_allocates_nothing():
     assert int(rows[0]["weights_bytes"]) >= 4 * params
     # DPS Mix's state at its largest stage: Stage I's W0 (4 B) + bf16 GAM (2 B); Stage II (S 4 + mask 1) is
     # smaller since W0 is parked on disk then.
-    assert float(rows[1]["peak_vs_full_pct"]) > 0 and 6 * 300_000_000 < int(rows[1]["method_state_bytes"]) < 7 * 300_000_000  # W0 4 + GAM 2 B
+    state = int(rows[1]["method_state_bytes"])
+    assert float(rows[1]["peak_vs_full_pct"]) > 0 and 6 * 300_000_000 < state < 7 * 300_000_000  # W0 4 + GAM 2 B
 
 
 @pytest.mark.parametrize("args, message", [

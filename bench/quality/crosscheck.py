@@ -47,8 +47,14 @@ def sftune_score(task: str, seed: int, args, workdir: Path) -> float:
 def trainer_score(task_name: str, seed: int, args, workdir: Path) -> float:
     """The independent side: transformers' own Trainer, tokenizer, collator and optimizer."""
     import numpy as np
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from sftune.config import DataConfig
     from sftune.data import load_splits, subsample

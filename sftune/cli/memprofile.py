@@ -72,7 +72,8 @@ def memprofile(
     set_: SetItems = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds a cell may take before it is "
                                                                     "stopped and reported as a timeout.")] = None,
-    format_: Annotated[str, typer.Option("--format", "-f", help="table (Rich), json, csv or markdown on stdout.")] = "table",
+    format_: Annotated[str, typer.Option("--format", "-f",
+                                         help="table (Rich), json, csv or markdown on stdout.")] = "table",
 ) -> None:
     from sftune.config import parse_set
     from sftune.profile import make_report

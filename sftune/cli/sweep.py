@@ -19,12 +19,24 @@ from rich.text import Text
 from sftune import __version__
 from sftune.artifacts import RunDir, atomic_write_text
 from sftune.cli import app
-from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, SetItems, TrainFile,
-                               ValidationFile, check_format, examples, user_errors)
+from sftune.cli.common import (
+    BatchSize,
+    DataDir,
+    Epochs,
+    Format,
+    LearningRate,
+    MaxSteps,
+    SetItems,
+    TrainFile,
+    ValidationFile,
+    check_format,
+    examples,
+    user_errors,
+)
 from sftune.config import dump_yaml
+from sftune.plots import require_matplotlib
 from sftune.sweep.case_study import case_study as run_case_study
 from sftune.sweep.case_study import plot as plot_case_study
-from sftune.plots import require_matplotlib
 from sftune.sweep.runner import Outcome, Runner, check_existing, state_of
 from sftune.sweep.spec import expand, grid_presets, make_spec
 from sftune.sweep.summary import Record, mean_std, summarize, write_files

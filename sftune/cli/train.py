@@ -13,8 +13,22 @@ from rich.console import Console
 from sftune import trackers
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, ReportTo, Seed, SetItems,
-                               TrainFile, ValidationFile, check_format, examples, user_errors)
+from sftune.cli.common import (
+    BatchSize,
+    DataDir,
+    Epochs,
+    Format,
+    LearningRate,
+    MaxSteps,
+    ReportTo,
+    Seed,
+    SetItems,
+    TrainFile,
+    ValidationFile,
+    check_format,
+    examples,
+    user_errors,
+)
 from sftune.cli.render import reporter_for, trainable_table
 from sftune.config import build, deep_merge, load_yaml, parse_reg, parse_set, refuse_remote_code, set_dotted
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
@@ -92,7 +106,8 @@ def train(
     task: Annotated[str | None, typer.Argument(help="GLUE task: " + ", ".join(TASKS) + ".")] = None,
     method: Annotated[str | None, typer.Option("--method", "-m", help=_method_help() + " Default: full.")] = None,
     mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad (reference: masks gradients, "
-                         "AdamW still moves unselected entries) or update (exact: only selected entries change).")] = None,
+                         "AdamW still moves unselected entries) or update (exact: only selected entries "
+                         "change).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset name or YAML "
                       "path ('sftune presets ls').")] = None,
     reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regulariser, repeatable: "

@@ -12,10 +12,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sftune import transfer as tr
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (BatchSize, DataDir, Epochs, Format, LearningRate, MaxSteps, Seed, SetItems, TrainFile,
-                               ValidationFile, check_format, examples, is_terminal, user_errors)
+from sftune.cli.common import (
+    BatchSize,
+    DataDir,
+    Epochs,
+    Format,
+    LearningRate,
+    MaxSteps,
+    Seed,
+    SetItems,
+    TrainFile,
+    ValidationFile,
+    check_format,
+    examples,
+    is_terminal,
+    user_errors,
+)
 from sftune.cli.render import fmt, reporter_for
 from sftune.cli.train import training_tree
 from sftune.config import build
@@ -25,7 +40,6 @@ from sftune.errors import UsageError, unknown
 from sftune.registry import methods
 from sftune.run import stored_config, train_run
 from sftune.tasks import TASKS
-from sftune import transfer as tr
 
 DEFAULT_TRAIN_SIZE = 8000  # the reference code's stratified MNLI/SNLI subsample
 
@@ -75,7 +89,8 @@ def transfer(
     method: Annotated[str | None, typer.Option("--method", "-m", help="Method: " + ", ".join(methods())
                       + " (default full).")] = None,
     mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad or update (as in 'sftune train').")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset name or YAML path.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p",
+                                               help="Hyperparameter preset name or YAML path.")] = None,
     reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regulariser, repeatable: "
                    "--reg mixout:p=0.3.")] = None,
     set_: SetItems = None,
@@ -143,7 +158,8 @@ def transfer(
         cfg = build(training_tree(model, task_name, method or "full", preset, reg, set_, options, base))
         data_dir = cfg.data.data_dir or os.environ.get("SFTUNE_DATA_DIR")
         stem = Path(cfg.model.name.rstrip("/")).name or "model"
-        run = RunDir(output_dir or Path("runs") / f"{stem}-{source_name}-{cfg.method['name']}-seed{cfg.train.seed}-transfer")
+        name = f"{stem}-{source_name}-{cfg.method['name']}-seed{cfg.train.seed}-transfer"
+        run = RunDir(output_dir or Path("runs") / name)
         out_dir = run.path
     source_labels = tr.source_labels_of(cfg.task)
 

@@ -24,14 +24,14 @@ from sftune.artifacts import RunDir
 from sftune.config import RunConfig
 from sftune.data import load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sftune.engine.sparsity import SparsityMeter
 from sftune.engine.distributed import MaskCheck
 from sftune.engine.guard import NonFiniteGuard
-from sftune.engine.timing import NullTimer
 from sftune.engine.optim import build_optimizer, build_scheduler, merge_groups, param_groups, total_steps
+from sftune.engine.sparsity import SparsityMeter
+from sftune.engine.timing import NullTimer
+from sftune.errors import UsageError
 from sftune.methods.base import Hooks, RunContext
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
-from sftune.errors import UsageError
 from sftune.registry import get_method, get_regularizer
 from sftune.tasks import get_task
 
@@ -196,7 +196,8 @@ class Trainer:
                 "mask_mode": self.cfg.method["mask_mode"], "n_train": self.n_train,
                 "total_steps": getattr(self, "total_steps", 0), "steps_per_epoch": getattr(self, "steps_per_epoch", 0),
                 "trainable": table, "selects_per_step": self.method.selects_per_step,
-                "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets), "main_metric": self.task.main_metric}
+                "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets),
+                "main_metric": self.task.main_metric}
 
     # ------------------------------------------------------------------------------------------- train
     def resume(self) -> bool:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sftune.config import option
 from sftune.architecture import is_norm, is_projection, transposed
+from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.masking import MaskedMethod
 

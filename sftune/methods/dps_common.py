@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from sftune.config import option
 from sftune.architecture import projection_weights
+from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
 from sftune.methods.masking import MaskedMethod

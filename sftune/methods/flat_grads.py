@@ -31,6 +31,7 @@ import torch
 
 from sftune.select import FlatBuffer
 
+
 def wanted(setting: str, device: torch.device, processes: int) -> bool:
     """Whether flat gradients are used for `train.flat_grads = setting`."""
     if setting == "on":

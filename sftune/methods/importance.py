@@ -4,9 +4,9 @@
 per input feature, broadcast over output rows (sftune choice; `signed` uses the signed mean). For biases the
 input is 1 (I = |b * g|); a LayerNorm weight uses mu = mean |x_hat| of its normalised input; a LayerNorm
 bias uses I = |beta * g|. An RMSNorm weight (Llama, Qwen, Mistral) uses mu = mean |x / rms(x)|; GPT-2's Conv1D
-stores its weight [in, out], so its mu broadcasts over columns instead of rows. mu is the mean over every non-padding token of the optimizer step: with gradient
-accumulation and across the ranks of a multi-process run, token-weighted sums and counts are added up, so
-mu is the same however the step's batch is split.
+stores its weight [in, out], so its mu broadcasts over columns instead of rows. mu is the mean over every
+non-padding token of the optimizer step: with gradient accumulation and across the ranks of a multi-process
+run, token-weighted sums and counts are added up, so mu is the same however the step's batch is split.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class InputMeans:
                 return
             x = source.detach()
             if kind == "layernorm":
-                x = F.layer_norm(x.float(), getattr(module, "normalized_shape", x.shape[-1:]), None, None, norm_eps(module))
+                shape = getattr(module, "normalized_shape", x.shape[-1:])
+                x = F.layer_norm(x.float(), shape, None, None, norm_eps(module))
             elif kind == "rmsnorm":  # as LlamaRMSNorm computes it, without the weight
                 x = x.float()
                 x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(module))

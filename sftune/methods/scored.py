@@ -8,7 +8,14 @@ import torch
 
 from sftune.config import option
 from sftune.methods.budget import BudgetMethod, BudgetOptions
-from sftune.methods.importance import MU_KINDS, ImportanceWeights, InputMeans, PaddedLayout, mu_view, squared_importance_
+from sftune.methods.importance import (
+    MU_KINDS,
+    ImportanceWeights,
+    InputMeans,
+    PaddedLayout,
+    mu_view,
+    squared_importance_,
+)
 
 
 @dataclass

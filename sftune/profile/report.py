@@ -202,7 +202,8 @@ def to_markdown(report: dict) -> str:
         lines += [""] + [f"* {n}" for n in notes]
     cells = _ok_cells(report)
     if report["mode"] == "measured":
-        lines += ["", "| batch size | method | " + " | ".join(TIME_PHASES.values()) + f" | total | vs full | {STEP_COL} |",
+        phases = " | ".join(TIME_PHASES.values())
+        lines += ["", f"| batch size | method | {phases} | total | vs full | {STEP_COL} |",
                   "|---:|---|" + "---:|" * (len(TIME_PHASES) + 3)]
         for c in cells:
             t = c.get("time") or {}

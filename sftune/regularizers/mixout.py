@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from sftune.architecture import in_features
 from sftune.config import option
@@ -24,6 +23,7 @@ from sftune.models import set_dropout_modules
 from sftune.ops.column_mix import ColumnMix, linear_modules
 from sftune.registry import register_regularizer
 from sftune.select.masks import bernoulli_mask_
+
 
 @register_regularizer
 class Mixout(Regularizer):

@@ -22,8 +22,8 @@ from torch import nn
 
 from sftune.config import option
 from sftune.errors import UsageError
-from sftune.methods.base import Regularizer, RunContext
 from sftune.lm_data import response_logits
+from sftune.methods.base import Regularizer, RunContext
 from sftune.registry import register_regularizer
 
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from sftune.config import option
+from sftune.lm_data import response_logits
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import set_dropout_modules
-from sftune.regularizers.r3f import symmetric_kl
-from sftune.lm_data import response_logits
 from sftune.registry import register_regularizer
+from sftune.regularizers.r3f import symmetric_kl
 
 
 def rdrop_terms(logits1: torch.Tensor, logits2: torch.Tensor, loss1: torch.Tensor, loss2: torch.Tensor,

@@ -33,8 +33,8 @@ pair and are then broken by lower index; "cdf" uses float32 block sums (relative
 and superblock mass) and float64 prefix sums (absolute error ~1e-16 of the total weight per draw).
 
 Both return the k indices in ASCENDING index order (as a set; draw order is not kept), as int64 on the
-weights' device. The same generator state gives the same result (same device, same arguments). Weights must be finite and >= 0
-(not checked on the hot path); fewer than k positive weights raises ValueError.
+weights' device. The same generator state gives the same result (same device, same arguments). Weights must
+be finite and >= 0 (not checked on the hot path); fewer than k positive weights raises ValueError.
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ def _sample_keys(
     return best_idx
 
 
-def weighted_sample_keys_(w: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int = 1 << 24) -> torch.Tensor:
+def weighted_sample_keys_(w: torch.Tensor, k: int, generator: torch.Generator,
+                          chunk_size: int = 1 << 24) -> torch.Tensor:
     """The keys method for weights already in one flat float tensor, written over ``w`` (its values are
     destroyed): each chunk's keys ``log(U) / w`` replace the weights in place, then one exact top-k
     (``topk_indices``: the k largest keys, ties to the lower index, the rule ``_sample_keys`` applies). The

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 DECODERS = ("llama", "qwen2", "qwen3", "mistral", "gpt2")
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from decoder_models import DECODERS, decoder_config
 from torch import nn
 
 from sftune import architecture as arch
 from sftune.methods.budget import candidate_modules
 from sftune.models import group_of_params, layer_stack, trainable_table
-
-from decoder_models import DECODERS, decoder_config
 
 LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral")
 

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import torch
+from decoder_models import decoder_config
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from sftune.methods.importance import ImportanceWeights, InputMeans, PaddedLayout, squared_importance_
 from sftune.ops.column_mix import ColumnMix
-
-from decoder_models import decoder_config
 
 
 def test_rmsnorm_mu_is_the_mean_abs_of_the_normalised_input_over_real_tokens():

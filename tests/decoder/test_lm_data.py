@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from decoder_models import build_decoder
 
 from sftune.config import DataConfig
 from sftune.errors import UsageError
@@ -14,8 +15,6 @@ from sftune.generation import final_number, generate, score_gsm8k
 from sftune.lm_data import IGNORE, LMCollator, encode_lm, load_lm_splits
 from sftune.models import load_model, load_tokenizer
 from sftune.tasks import get_task
-
-from decoder_models import build_decoder
 
 
 def _rows(tmp_path, name, rows):
@@ -84,7 +83,8 @@ def test_gsm8k_files_and_a_fixed_evaluation_subset(gsm8k_dir):
     sub = load_lm_splits(task, DataConfig(data_dir=str(gsm8k_dir), eval_size=5), need_train=False)
     assert sub.train is None and sub.evals["test"]["idx"] == [0, 1, 2, 3, 4]
     assert sub.evals["test"]["response"] == full.evals["test"]["response"][:5]
-    assert json.loads(sub.evals["test"]["messages"][0]) == [{"role": "user", "content": json.loads(full.evals["test"]["messages"][0])[0]["content"]}]
+    first_user = json.loads(full.evals["test"]["messages"][0])[0]["content"]
+    assert json.loads(sub.evals["test"]["messages"][0]) == [{"role": "user", "content": first_user}]
 
 
 def test_gsm8k_scorer():

@@ -44,7 +44,8 @@ def test_gsm8k_steps_and_sst2_classifier(cli, gsm8k_small, glue_dir, tmp_path, s
     out = tmp_path / "lm"
     code, _, stderr = cli("train", "smollm2", "gsm8k", "--data-dir", gsm8k_small, "--method", "stochastic",
                           "--max-steps", "2", "--batch-size", "2", "--set", "data.train_size=4",
-                          "--set", "data.eval_size=2", "--set", "data.max_new_tokens=8", "--set", "data.eval_batch_size=2", "--set", "data.max_length=512",
+                          "--set", "data.eval_size=2", "--set", "data.max_new_tokens=8",
+                          "--set", "data.eval_batch_size=2", "--set", "data.max_length=512",
                           "--set", "train.log_every=1", "-o", out)
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())

@@ -1,11 +1,9 @@
 """Run by tests/distributed/test_ddp.py under torchrun (1 or 2 CPU processes): trains every given method a few
 steps on the tiny model, logging each rank's per-step mask hashes, and saves rank 0's final weights."""
 
-import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from sftune.config import build

@@ -16,8 +16,17 @@ from conftest import FAMILIES
 from sftune.engine.optim import merge_groups
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
-from sftune.methods.dps_common import (addcmul_bf16_, cycle_of, is_stage_two, keep_count, sr_noise, stage_bounds,
-                                       stage_length, stage_of, top_mask)
+from sftune.methods.dps_common import (
+    addcmul_bf16_,
+    cycle_of,
+    is_stage_two,
+    keep_count,
+    sr_noise,
+    stage_bounds,
+    stage_length,
+    stage_of,
+    top_mask,
+)
 from sftune.methods.dps_dense import DPSDense
 from sftune.methods.dps_mix import DPSMix, frequency_penalty_applies, mix_scores
 from sftune.ops.column_mix import ColumnMix

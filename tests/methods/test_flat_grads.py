@@ -3,7 +3,6 @@ buffer and the selection applied to it in a few kernels, as with per-parameter g
 
 import pytest
 import torch
-
 from helpers import make_trainer, record_masks, snapshot
 
 # Stochastic samples with exponential keys over the flat buffer instead of inverse-CDF draws: the same

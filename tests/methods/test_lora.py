@@ -16,7 +16,7 @@ from sftune.methods.base import RunContext  # noqa: E402
 from sftune.methods.lora import Dora, Lora, LoraOptions, adapter_entries, load_adapter, lora_targets  # noqa: E402
 from sftune.models import group_of_params, head_prefixes  # noqa: E402
 
-H, I, KV_HEADS, HEADS, R = 16, 24, 1, 2, 4  # hidden, MLP width, key/value heads, heads, rank
+H, MLP, KV_HEADS, HEADS, R = 16, 24, 1, 2, 4  # hidden, MLP width, key/value heads, heads, rank
 
 
 def tiny(family: str, seed: int = 0):
@@ -25,13 +25,13 @@ def tiny(family: str, seed: int = 0):
     common = dict(vocab_size=64, num_labels=2, pad_token_id=0)
     if family == "bert":
         config = AutoConfig.for_model("bert", hidden_size=H, num_hidden_layers=2, num_attention_heads=HEADS,
-                                      intermediate_size=I, max_position_embeddings=32, **common)
+                                      intermediate_size=MLP, max_position_embeddings=32, **common)
     elif family == "llama":
         config = AutoConfig.for_model("llama", hidden_size=H, num_hidden_layers=2, num_attention_heads=HEADS,
-                                      num_key_value_heads=KV_HEADS, intermediate_size=I,
+                                      num_key_value_heads=KV_HEADS, intermediate_size=MLP,
                                       max_position_embeddings=32, **common)
     else:
-        config = AutoConfig.for_model("gpt2", n_embd=H, n_layer=2, n_head=HEADS, n_inner=I, n_positions=32,
+        config = AutoConfig.for_model("gpt2", n_embd=H, n_layer=2, n_head=HEADS, n_inner=MLP, n_positions=32,
                                       bos_token_id=1, eos_token_id=1, **common)
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(config)
@@ -73,15 +73,15 @@ def test_default_targets_are_the_layers_projections():
 def test_adapter_entries_counted_by_hand():
     head_dim = H // HEADS
     kv = KV_HEADS * head_dim
-    # Llama per layer: q (H->H), k and v (H->kv), o (H->H), gate and up (H->I), down (I->H); A is r x in, B out x r
-    per_layer = R * ((H + H) + 2 * (H + kv) + (H + H) + 2 * (H + I) + (I + H))
-    magnitudes = H + 2 * kv + H + 2 * I + H  # DoRA: one per output row
+    # Llama per layer: q (H->H), k and v (H->kv), o (H->H), gate and up (H->MLP), down (MLP->H); A is r x in, B out x r
+    per_layer = R * ((H + H) + 2 * (H + kv) + (H + H) + 2 * (H + MLP) + (MLP + H))
+    magnitudes = H + 2 * kv + H + 2 * MLP + H  # DoRA: one per output row
     model = tiny("llama")
     assert adapter_entries(model, R) == 2 * per_layer
     assert adapter_entries(model, R, dora=True) == 2 * (per_layer + magnitudes)
     assert adapter_entries(model, R, targets=["q_proj", "v_proj"]) == 2 * R * ((H + H) + (H + kv))
-    # GPT-2: c_attn H->3H, attn c_proj H->H, c_fc H->I, mlp c_proj I->H (Conv1D weights are in x out)
-    assert adapter_entries(tiny("gpt2"), R) == 2 * R * ((H + 3 * H) + (H + H) + (H + I) + (I + H))
+    # GPT-2: c_attn H->3H, attn c_proj H->H, c_fc H->MLP, mlp c_proj MLP->H (Conv1D weights are in x out)
+    assert adapter_entries(tiny("gpt2"), R) == 2 * R * ((H + 3 * H) + (H + H) + (H + MLP) + (MLP + H))
     # ... and peft creates exactly that many adapter entries; only they and the head train.
     for family in ("llama", "gpt2"):
         for cls, dora in ((Lora, False), (Dora, True)):
@@ -252,9 +252,9 @@ def test_estimate_of_lora_counted_by_hand():
 
     config = tiny("llama").config
     V, L, kv, labels = 64, 2, KV_HEADS * (H // HEADS), 2
-    per_layer = H * H + 2 * H * kv + H * H + 3 * H * I + 2 * H  # q, k, v, o, gate/up/down, two RMSNorms
+    per_layer = H * H + 2 * H * kv + H * H + 3 * H * MLP + 2 * H  # q, k, v, o, gate/up/down, two RMSNorms
     base = V * H + L * per_layer + H + H * labels  # embeddings, layers, final norm, score head (no bias)
-    adapters = L * R * ((H + H) + 2 * (H + kv) + (H + H) + 2 * (H + I) + (I + H))
+    adapters = L * R * ((H + H) + 2 * (H + kv) + (H + H) + 2 * (H + MLP) + (MLP + H))
     buffers = 2 * 4 * (H // HEADS // 2)  # rotary inv_freq and original_inv_freq: head_dim / 2 floats each
     cells = {m: estimate_cell(Cell(model="tiny-llama", task="sst2", method=m, batch_size=2, seq_len=8,
                                    sets={"method.rank": str(R)} if m == "lora" else {}), config)

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-
 from helpers import make_trainer, record_masks
 
 CLIP = 1e-3  # below the tiny model's gradient norms, so clipping acts on every step

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_trainer, record_masks, snapshot
+
 from sftune.methods.importance import squared_importance_
 
 
@@ -12,7 +12,8 @@ def changed_sets(before, trainer):
     return {n: p.detach() != before[n] for n, p in trainer.model.named_parameters()}
 
 
-@pytest.mark.parametrize("method,flat", [("stochastic", "off"), ("stochastic", "on"), ("top", "off"), ("random", "off")])
+@pytest.mark.parametrize("method,flat",
+                         [("stochastic", "off"), ("stochastic", "on"), ("top", "off"), ("random", "off")])
 def test_update_mode_changes_exactly_the_union_of_selections(tiny_bert, glue_dir, method, flat):
     # flat=on: stochastic's other sampler (exponential keys over the flat buffer) from the second step on
     trainer = make_trainer(tiny_bert, glue_dir, method, "update", steps=3, method__k=200, train__flat_grads=flat)

@@ -1,6 +1,5 @@
 """r-drop: L1 + extra = (L1 + L2)/2 + alpha * (KL(p1||p2) + KL(p2||p1))/2 (regression: + alpha * MSE(y1, y2))."""
 
-import json
 import math
 from types import SimpleNamespace
 

@@ -9,8 +9,7 @@ from torch import nn
 
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
-from sftune.models import load_model
-from sftune.models import layer_stack
+from sftune.models import layer_stack, load_model
 from sftune.regularizers.reinit import Reinit
 
 
