@@ -21,6 +21,8 @@ def main(model: str, glue: str, out: str, methods: str) -> None:
                  "random": {"k": 300}}.get(method, {})
         if method.startswith("dps"):
             extra = {"ur": 0.25}
+        if method in ("lora", "dora"):
+            extra = {"dropout": 0.0}  # as the model's: per-rank dropout streams differ from one process's
         tree = {"model": {"name": model, "dropout": 0.0}, "task": "rte",
                 "method": {"name": method, "mask_mode": "update" if method in ("stochastic", "dps-mix") else "grad",
                            **extra},
@@ -30,11 +32,14 @@ def main(model: str, glue: str, out: str, methods: str) -> None:
         trainer = Trainer(build(tree))
         trainer.build()
         trainer._evaluate_and_record = lambda final=False: {}
+        model_ = trainer.accelerator.unwrap_model(trainer.model)
+        # The starting weights too: a method may add parameters (LoRA's adapters, under peft's names).
+        weights = lambda: {n: p.detach().clone().contiguous() for n, p in model_.named_parameters()}  # noqa: E731
+        start = weights()
         trainer.train()
         if trainer.accelerator.is_main_process:
-            model_ = trainer.accelerator.unwrap_model(trainer.model)
-            save_file({n: p.detach().contiguous() for n, p in model_.named_parameters()},
-                      str(out_dir / f"{method}.safetensors"))
+            save_file(start, str(out_dir / f"{method}.start.safetensors"))
+            save_file(weights(), str(out_dir / f"{method}.safetensors"))
         trainer.accelerator.wait_for_everyone()
 
 
