@@ -208,6 +208,9 @@ def staged_main(name: str, profile: dict, args: argparse.Namespace) -> None:
         unknown = set(methods) - {m for w in profile["waves"] for m in w}
         if unknown:
             sys.exit(f"error: --methods {','.join(sorted(unknown))}: not in profile {name}")
+    if args.report_only and out.is_dir():  # record what finished, e.g. while a run goes on in the background
+        n = staged.harvest(out, records, profile, staged.load_records(records, profile), prune=False)
+        print(f"recorded {n} finished run(s) found in {out}", flush=True)
     if not args.report_only:
         staged.env_for_runs(profile.get("threads", 1))
         staged.run(profile, out, records, args.jobs or profile.get("jobs", 1), methods, args.data_dir,

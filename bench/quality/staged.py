@@ -60,6 +60,7 @@ def run_options(profile: dict, setting: str, task: str) -> dict:
 
 def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], prune: bool) -> int:
     """Append a record for every complete run under OUT not recorded yet; returns how many were added."""
+    known.update(load_records(records, profile))  # another process may have recorded some meanwhile
     added = 0
     for path in sorted(out.glob("*/*/*/*/*/seed-*/results.json")):
         setting, task = path.relative_to(out).parts[:2]
