@@ -145,3 +145,14 @@ def test_report_from_records_alone(staged, claims, tmp_path, monkeypatch):
     # dps-mix (lr 1e-5) vs full (1e-4): dev 0.75 + 0.015 s vs 0.80 + 0.01 s -> -5 + 0.5 s: -4.0 [...] reversed
     assert "| DPS: Mix above vanilla fine-tuning (dps-mix vs full, better) | -4.00 [" in text
     assert "records: 17 runs" in text and "run time summed over runs (one thread each): 0.06 h" in text
+
+
+def test_figure_of_methods_by_task(staged, claims, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(staged.subprocess, "call", fake_sweep([]))
+    records = tmp_path / "records"
+    staged.run(PROFILE, tmp_path / "out", records, jobs=1, methods=None, data_dir=None)
+    known = staged.load_records(records, PROFILE)
+    png = tmp_path / "docs" / "fig.png"
+    text = claims.report("cpu-long", PROFILE, known, {"mrpc": {"f1": 0.812}}, png, "cmd")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![dev scores per method and task](fig.png)" in text
