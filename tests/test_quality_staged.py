@@ -140,10 +140,11 @@ def test_report_from_records_alone(staged, claims, tmp_path, monkeypatch):
     assert "| majority class | 81.2 | — |" in text
     assert "| full | 82.0 ± 1.0 (3) @0.0001 | 1 of 1 |" in text  # dev 0.80 + 0.01 * seed
     assert "| bitfit | 62.0 ± 1.0 (3) @0.001 | 0 of 1 |" in text
-    assert "bitfit (0 of 1: mrpc not above)" in text
+    assert "Not above the majority class: dps-mix on mrpc; bitfit on mrpc." in text
     assert "**1e-05: 70.0**" not in text and "**0.0001: 80.0**" in text  # the held-out choice, in bold
     # dps-mix (lr 1e-5) vs full (1e-4): dev 0.75 + 0.015 s vs 0.80 + 0.01 s -> -5 + 0.5 s: -4.0 [...] reversed
     assert "| DPS: Mix above vanilla fine-tuning (dps-mix vs full, better) | -4.00 [" in text
+    assert "| mrpc | 78.0 ± 1.5 (3) | 82.0 ± 1.0 (3) | -4.00 [" in text  # low-resource: dps-mix, full
     assert "records: 17 runs" in text and "run time summed over runs (one thread each): 0.06 h" in text
 
 

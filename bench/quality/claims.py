@@ -215,7 +215,6 @@ def report(profile_name: str, profile: dict, known: dict, majority_raw: dict, fi
     runs = list(known.values())
     cpu_h = sum(r["wall_seconds"] for r in runs) / 3600
     commits = sorted({(r["commit"] or "?")[:7] for r in runs})
-    main = profile["settings"]["main"]
     lines = [f"### Profile `{profile_name}`: {profile.get('description', '')}", "",
              f"* command: `{command}` (from the repository root; resumes, skipping every recorded run)",
              f"* records: {len(runs)} runs in `{profile['records']}/` (commits {', '.join(commits) or '—'}); "
@@ -226,9 +225,8 @@ def report(profile_name: str, profile: dict, known: dict, majority_raw: dict, fi
              "**Dev scores at the chosen learning rate**", ""]
     rows, above = score_table(cells, tasks, methods, majority, chosen)
     lines += rows + [""]
-    short = [f"{m} ({len(v)} of {len(tasks)}: {', '.join(t for t in tasks if t not in v)} not above)"
-             for m, v in above.items() if any(cells.get((t, m)) for t in tasks) and len(v) < 3]
-    lines += ["Above the majority class on fewer than 3 tasks: " + ("; ".join(short) if short else "none") + ".", ""]
+    below = [f"{m} on {t}" for m in methods for t in tasks if cells.get((t, m)) and t not in above[m]]
+    lines += ["Not above the majority class: " + ("; ".join(below) if below else "none") + ".", ""]
     lines += ["**Learning-rate grid** (held-out main metric x 100, seed 1; chosen in bold)", ""]
     lines += grid_table(known, profile, tasks, methods) + [""]
     lines += ["**The papers' claims, paired over seeds** (A - B in points, mean [95% t interval]; "
@@ -240,16 +238,16 @@ def report(profile_name: str, profile: dict, known: dict, majority_raw: dict, fi
         low = final_runs(known, profile, setting, chosen_lr)
         lines += [f"**{s.get('title', setting)}** ({s['train_size']} training examples, {s.get('steps', 'the same')} "
                   "steps, learning rate as chosen in the main setting)", "",
-                  "| task | " + " | ".join(s["methods"]) + " | A - B paired | mean | std |", "|---|"
-                  + "---|" * (len(s["methods"]) + 3)]
+                  "| task | " + " | ".join(s["methods"]) + " | A - B, mean [95%] | verdict | std A vs B | verdict |",
+                  "|---|" + "---|" * (len(s["methods"]) + 4)]
+        a, b = s["methods"][:2]
         for t in s["tasks"]:
             vals = {m: [points(r) for r in low.get((t, m), {}).values()] for m in s["methods"]}
             cell = ["{:.1f} ± {:.1f} ({})".format(*mean_std(v), len(v)) if v else "—" for v in vals.values()]
-            a, b = s["methods"][:2]
-            better, steady = (paired(low.get((t, a), {}), low.get((t, b), {}), k) for k in ("better", "steadier"))
-            lines.append(f"| {t} | " + " | ".join(cell) + f" | {a} - {b}: {_fmt(better, 'better') if better else '—'}"
-                         f" | {better['verdict'] if better else 'pending'} | "
-                         f"{_fmt(steady, 'steadier') + ' ' + steady['verdict'] if steady else 'pending'} |")
+            for kind in ("better", "steadier"):
+                c = paired(low.get((t, a), {}), low.get((t, b), {}), kind)
+                cell += [_fmt(c, kind), c["verdict"]] if c else ["—", "pending"]
+            lines.append(f"| {t} | " + " | ".join(cell) + " |")
         lines.append("")
     if figure_path is not None and figure(cells, tasks, methods, majority, figure_path):
         lines += [f"![dev scores per method and task]({figure_path.name})", ""]
