@@ -66,6 +66,8 @@ def fake_sweep(calls):
                     (run / "config.yaml").write_text(yaml.safe_dump({
                         "train": {"lr": lr, "max_steps": int(arg("--max-steps"))},
                         "data": {"train_size": size, "validation_from_train": int(sets["data.validation_from_train"])}}))
+                    (run / "metrics.jsonl").write_text("".join(json.dumps({"type": "train", "loss": x}) + "\n"
+                                                               for x in (0.7, 0.6, 0.5, 0.4, 0.3)))
                     (run / "manifest.json").write_text(json.dumps({
                         "git_commit": "abc1234def", "timings": {"wall_seconds_this_session": 12.0,
                                                                 "finished": "2026-12-06T18:00:00"}}))
@@ -76,7 +78,7 @@ def fake_sweep(calls):
 
 def test_grid_then_seeds_at_the_chosen_rate_and_resume_from_records(staged, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(staged.subprocess, "call", fake_sweep(calls))
+    monkeypatch.setattr(staged, "call", fake_sweep(calls))
     out, records = tmp_path / "out", tmp_path / "records"
     staged.run(PROFILE, out, records, jobs=1, methods=["full", "bitfit"], data_dir=None)
     known = staged.load_records(records, PROFILE)
@@ -91,6 +93,7 @@ def test_grid_then_seeds_at_the_chosen_rate_and_resume_from_records(staged, tmp_
     rec = json.loads((records / "mrpc.jsonl").read_text().splitlines()[0])
     assert rec["run"] == {"train_size": 100, "heldout": 40, "steps": 20, "set": ["train.eval_every=1000"]}
     assert rec["commit"] == "abc1234def" and rec["wall_seconds"] == 12.0
+    assert rec["loss_first"] == 0.7 and rec["loss_last"] == pytest.approx(0.4)
 
     # a fresh machine: no run directories, only the committed records; nothing of full/bitfit runs again
     calls.clear()
@@ -131,7 +134,7 @@ def test_paired_interval_and_verdicts(claims):
 
 
 def test_report_from_records_alone(staged, claims, tmp_path, monkeypatch):
-    monkeypatch.setattr(staged.subprocess, "call", fake_sweep([]))
+    monkeypatch.setattr(staged, "call", fake_sweep([]))
     records = tmp_path / "records"
     staged.run(PROFILE, tmp_path / "out", records, jobs=1, methods=None, data_dir=None)
     known = staged.load_records(records, PROFILE)
@@ -140,7 +143,7 @@ def test_report_from_records_alone(staged, claims, tmp_path, monkeypatch):
     assert "| majority class | 81.2 | — |" in text
     assert "| full | 82.0 ± 1.0 (3) @0.0001 | 1 of 1 |" in text  # dev 0.80 + 0.01 * seed
     assert "| bitfit | 62.0 ± 1.0 (3) @0.001 | 0 of 1 |" in text
-    assert "Not above the majority class: dps-mix on mrpc; bitfit on mrpc." in text
+    assert "dps-mix on mrpc (loss 0.700 -> 0.400); bitfit on mrpc (loss 0.700 -> 0.400)." in text
     assert "**1e-05: 70.0**" not in text and "**0.0001: 80.0**" in text  # the held-out choice, in bold
     # dps-mix (lr 1e-5) vs full (1e-4): dev 0.75 + 0.015 s vs 0.80 + 0.01 s -> -5 + 0.5 s: -4.0 [...] reversed
     assert "| DPS: Mix above vanilla fine-tuning (dps-mix vs full, better) | -4.00 [" in text
@@ -150,7 +153,7 @@ def test_report_from_records_alone(staged, claims, tmp_path, monkeypatch):
 
 def test_figure_of_methods_by_task(staged, claims, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(staged.subprocess, "call", fake_sweep([]))
+    monkeypatch.setattr(staged, "call", fake_sweep([]))
     records = tmp_path / "records"
     staged.run(PROFILE, tmp_path / "out", records, jobs=1, methods=None, data_dir=None)
     known = staged.load_records(records, PROFILE)

@@ -102,6 +102,13 @@ def _fmt(c: dict, kind: str) -> str:
     return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
 
 
+def _loss(cell: dict[int, dict]) -> str:
+    pairs = [(r["loss_first"], r["loss_last"]) for r in cell.values() if "loss_last" in r]
+    if not pairs:
+        return ""
+    return f" (loss {statistics.fmean(p[0] for p in pairs):.3f} -> {statistics.fmean(p[1] for p in pairs):.3f})"
+
+
 def claim_rows(cells: dict, tasks: list[str]) -> list[str]:
     """One Markdown row per claim: per task and averaged over the tasks (per seed, then paired)."""
     rows = ["| claim (A vs B) | " + " | ".join(tasks) + " | mean of tasks | verdict |",
@@ -225,8 +232,10 @@ def report(profile_name: str, profile: dict, known: dict, majority_raw: dict, fi
              "**Dev scores at the chosen learning rate**", ""]
     rows, above = score_table(cells, tasks, methods, majority, chosen)
     lines += rows + [""]
-    below = [f"{m} on {t}" for m in methods for t in tasks if cells.get((t, m)) and t not in above[m]]
-    lines += ["Not above the majority class: " + ("; ".join(below) if below else "none") + ".", ""]
+    below = [f"{m} on {t}{_loss(cells[(t, m)])}" for m in methods for t in tasks
+             if cells.get((t, m)) and t not in above[m]]
+    lines += ["Not above the majority class (training loss, first logged step -> last steps, mean over seeds): "
+              + ("; ".join(below) if below else "none") + ".", ""]
     lines += ["**Learning-rate grid** (held-out main metric x 100, seed 1; chosen in bold)", ""]
     lines += grid_table(known, profile, tasks, methods) + [""]
     lines += ["**The papers' claims, paired over seeds** (A - B in points, mean [95% t interval]; "

@@ -75,7 +75,8 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
                "seed": res["seed"], "run": run_options(profile, setting, task), "metrics": res["metrics"],
                "n_train": res["n_train"], "train_seconds": round(res["train_seconds"], 1),
                "wall_seconds": round(manifest["timings"].get("wall_seconds_this_session", 0.0), 1),
-               "commit": manifest.get("git_commit"), "finished": manifest["timings"].get("finished")}
+               "commit": manifest.get("git_commit"), "finished": manifest["timings"].get("finished"),
+               "steps_done": res.get("steps"), **train_loss(path.parent / "metrics.jsonl")}
         if (cfg["data"]["train_size"], cfg["data"]["validation_from_train"], cfg["train"]["max_steps"]) != (
                 rec["run"]["train_size"], rec["run"]["heldout"], rec["run"]["steps"]):
             continue  # a run of an older profile left in OUT
@@ -88,6 +89,20 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
         if prune and (path.parent / "model").is_dir():
             shutil.rmtree(path.parent / "model")  # 88 MB per MiniLM run; the record keeps what the report reads
     return added
+
+
+def train_loss(metrics: Path) -> dict:
+    """The training loss at the first logged step and averaged over the last three: whether a run left the
+    initial plateau (ln 2 = 0.69 for two classes) is measured, not guessed."""
+    losses = []
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("type") == "train" and r.get("loss") is not None:
+                losses.append(r["loss"])
+    if not losses:
+        return {}
+    return {"loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-3:]) / len(losses[-3:]), 4)}
 
 
 def _yaml(path: Path) -> dict:
@@ -188,6 +203,16 @@ def cells(profile: dict, methods: list[str] | None) -> list[tuple[str, str, list
     return [c for c in out if c[2]]
 
 
+def call(cmd: list[str]) -> int:
+    """Run one sweep; on Ctrl-C (which the sweep and its runs get too: they checkpoint and stop) wait for it."""
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()
+        return 130
+
+
 def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] | None, data_dir: str | None,
         dry_run: bool = False, prune: bool = True) -> None:
     known = load_records(records, profile)
@@ -207,7 +232,7 @@ def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] |
                 if dry_run:
                     continue
                 t0 = time.time()
-                rc = subprocess.call(cmd)
+                rc = call(cmd)
                 n = harvest(out, records, profile, known, prune)
                 print(f"   exit {rc}, {n} run(s) recorded, {time.time() - t0:.0f} s", flush=True)
                 if rc in (2, 130):
