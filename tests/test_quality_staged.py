@@ -160,3 +160,19 @@ def test_figure_of_methods_by_task(staged, claims, tmp_path, monkeypatch):
     png = tmp_path / "docs" / "fig.png"
     text = claims.report("cpu-long", PROFILE, known, {"mrpc": {"f1": 0.812}}, png, "cmd")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![dev scores per method and task](fig.png)" in text
+
+
+def test_a_failed_sweep_does_not_stop_the_other_cells(staged, tmp_path, monkeypatch):
+    calls, ok = [], fake_sweep([])
+
+    def flaky(cmd):  # bitfit's sweeps fail (nothing written), the others work
+        calls.append(cmd)
+        return 1 if "bitfit" in cmd[cmd.index("--method") + 1] else ok(cmd)
+
+    monkeypatch.setattr(staged, "call", flaky)
+    with pytest.raises(SystemExit) as e:
+        staged.run(PROFILE, tmp_path / "out", tmp_path / "rec", jobs=1, methods=None, data_dir=None)
+    assert e.value.code == 1
+    known = staged.load_records(tmp_path / "rec", PROFILE)
+    assert not any(k[2] == "bitfit" for k in known) and len([k for k in known if k[2] == "dps-mix"]) == 7
+    assert sum("bitfit" in c[c.index("--method") + 1] for c in calls) == 3  # tried, then retried twice

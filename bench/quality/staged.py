@@ -218,8 +218,9 @@ def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] |
     known = load_records(records, profile)
     if out.is_dir():
         print(f"recorded {harvest(out, records, profile, known, prune)} finished run(s) found in {out}", flush=True)
+    failed = []
     for setting, task, ms in cells(profile, methods):
-        while True:  # the main setting runs twice per cell: the grid, then the seeds at the chosen rate
+        for _ in range(3):  # the grid, then the seeds at the chosen rate; a third pass retries failed runs once
             missing = {m: set(wanted(profile, known, setting, task, m)) - {k[3:] for k in known
                                                                           if k[:3] == (setting, task, m)}
                        for m in ms}
@@ -237,11 +238,13 @@ def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] |
                 print(f"   exit {rc}, {n} run(s) recorded, {time.time() - t0:.0f} s", flush=True)
                 if rc in (2, 130):
                     sys.exit(rc)
-                if rc != 0 or n == 0:  # a failed run stays missing; a rerun tries it again
-                    print(f"   runs failed or unrecorded: see {out / setting / task}/summary.json", flush=True)
-                    return
+                if rc != 0:  # a failed run stays missing: the other cells go on, a rerun tries it again
+                    failed.append(f"{setting}/{task} {','.join(s_methods)}: see {out / setting / task}/summary.json")
             if dry_run:
                 break
+    if failed:
+        print("runs failed (rerun the command to try them again):\n  " + "\n  ".join(failed), flush=True)
+        sys.exit(1)
 
 
 def env_for_runs(threads: int) -> None:
