@@ -149,7 +149,7 @@ def score_table(cells: dict, tasks: list[str], methods: list[str], majority: dic
             if mu > majority[t]:
                 above[m].append(t)
         done = sum(1 for t in tasks if cells.get((t, m)))
-        rows.append(f"| {m} | " + " | ".join(row) + f" | {len(above[m])} of {done} |")
+        rows.append(f"| {m} | " + " | ".join(row) + f" | {f'{len(above[m])} of {done}' if done else '—'} |")
     return rows, above
 
 
@@ -220,7 +220,8 @@ def report(profile_name: str, profile: dict, known: dict, majority_raw: dict, fi
     chosen = {(t, m): chosen_lr(profile, known, t, m) for t in tasks for m in methods}
     cells = final_runs(known, profile, "main", chosen_lr)
     runs = list(known.values())
-    cpu_h = sum(r["wall_seconds"] for r in runs) / 3600
+    # wall seconds of the session that finished a run; train seconds also count a resumed run's earlier part
+    cpu_h = sum(max(r["wall_seconds"], r["train_seconds"]) for r in runs) / 3600
     commits = sorted({(r["commit"] or "?")[:7] for r in runs})
     lines = [f"### Profile `{profile_name}`: {profile.get('description', '')}", "",
              f"* command: `{command}` (from the repository root; resumes, skipping every recorded run)",
