@@ -194,7 +194,8 @@ def figure(cells: dict, tasks: list[str], methods: list[str], majority: dict, pa
                 xs.append(j - 0.4 + width * (i + 0.5))
                 mus.append(mu)
                 sds.append(sd)
-        ax.bar(xs, mus, width, yerr=sds, capsize=2, label=m, color=cmap(i % 10))
+        if xs:  # an empty bar group would still take a legend entry, in the default colour
+            ax.bar(xs, mus, width, yerr=sds, capsize=2, label=m, color=cmap(i % 10))
     for j, t in enumerate(tasks):
         ax.hlines(majority[t], j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1)
     ax.set_xticks(range(len(tasks)))
