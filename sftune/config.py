@@ -52,6 +52,11 @@ class DataConfig:
     max_length: int = option(128, "Maximum tokens per example (longest-first truncation).")
     train_size: int | None = option(None, "Use only this many training examples, drawn from the seed.")
     stratified: bool = option(False, "Draw --train-size keeping the label proportions.")
+    validation_from_train: int | None = option(None, "Set this many training examples aside (stratified, drawn "
+                                               "from data.validation_seed) and evaluate on them as split "
+                                               "'heldout': model selection without touching dev. "
+                                               "--train-size then draws from the rest.")
+    validation_seed: int = option(0, "Seed of the held-out draw (the same rows for every run seed).")
     eval_batch_size: int = option(64, "Batch size for evaluation (and for generation in causal-LM tasks).")
     eval_size: int | None = option(None, "Causal-LM tasks: evaluate on the first N examples of each evaluation "
                                    "split only (a fixed subset, so CPU runs stay affordable).")
@@ -317,6 +322,9 @@ def build(tree: dict[str, Any]) -> RunConfig:
     if train.batch_size % train.grad_accum:
         errors.append(f"train.batch_size ({train.batch_size}) must be divisible by "
                       f"train.grad_accum ({train.grad_accum})")
+    vft = sections["data"].validation_from_train
+    if vft is not None and vft < 1:
+        errors.append(f"data.validation_from_train must be at least 1, got {vft}")
     if train.max_steps is not None and train.max_steps < 1:
         errors.append(f"train.max_steps must be at least 1, got {train.max_steps}")
     if train.max_steps is None and train.epochs <= 0:

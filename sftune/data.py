@@ -224,15 +224,15 @@ def load_splits(task: Task, cfg: DataConfig, need_train: bool = True) -> Splits:
 
 
 # ------------------------------------------------------------------------------------------- subsampling
-def subsample(ds, size: int, seed: int, stratified: bool, task: Task):
-    """`size` training examples drawn from `seed`; stratified keeps each label's share (largest remainder)."""
-    n = len(ds)
-    if size >= n:
-        return ds
+HELDOUT = "heldout"  # the eval split carved from the training data (data.validation_from_train)
+
+
+def _draw(labels: np.ndarray | None, n: int, size: int, seed: int) -> list[int]:
+    """Sorted indices of `size` of `n` rows drawn from `seed`; with labels, each label keeps its share
+    (largest remainder)."""
     rng = np.random.default_rng(seed)
-    if not stratified or task.is_regression or "label" not in ds.column_names:
-        return ds.select(sorted(rng.choice(n, size=size, replace=False).tolist()))
-    labels = np.asarray(ds["label"])
+    if labels is None:
+        return sorted(rng.choice(n, size=size, replace=False).tolist())
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts / n * size
     take = np.floor(exact).astype(int)
@@ -242,7 +242,32 @@ def subsample(ds, size: int, seed: int, stratified: bool, task: Task):
     for cls, k in zip(classes, take):
         pool = np.flatnonzero(labels == cls)
         chosen.extend(rng.choice(pool, size=int(k), replace=False).tolist())
-    return ds.select(sorted(chosen))
+    return sorted(chosen)
+
+
+def subsample(ds, size: int, seed: int, stratified: bool, task: Task):
+    """`size` training examples drawn from `seed`; stratified keeps each label's share (largest remainder)."""
+    n = len(ds)
+    if size >= n:
+        return ds
+    labeled = stratified and not task.is_regression and "label" in ds.column_names  # causal-LM rows have none
+    labels = np.asarray(ds["label"]) if labeled else None
+    return ds.select(_draw(labels, n, size, seed))
+
+
+def carve_validation(ds, size: int, seed: int, task: Task):
+    """(rest, heldout): `size` training examples set aside for model selection, stratified by label for
+    classification, drawn from `seed` (not the run's seed, so every run of a sweep is scored on the same
+    held-out rows and trains from the same remaining pool). The two parts are disjoint."""
+    n = len(ds)
+    if not 0 < size < n:
+        raise UsageError(f"data.validation_from_train={size}: the training set has {n} examples; give a count "
+                         f"from 1 to {n - 1} (and leave enough for training).")
+    labels = None if task.is_regression or "label" not in ds.column_names else np.asarray(ds["label"])
+    held = _draw(labels, n, size, seed)
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    return ds.select(np.flatnonzero(keep).tolist()), ds.select(held)
 
 
 # ---------------------------------------------------------------------------------------------- tokenise

@@ -1,7 +1,7 @@
 import pytest
 
 from sftune.config import DataConfig
-from sftune.data import load_splits, subsample
+from sftune.data import carve_validation, load_splits, subsample
 from sftune.errors import UsageError
 from sftune.tasks import get_task
 
@@ -69,3 +69,24 @@ def test_stratified_subsample_keeps_label_shares(glue_dir):
     again = subsample(s.train, 500, seed=3, stratified=True, task=get_task("sst2"))
     assert again["idx"] == sub["idx"]
     assert subsample(s.train, 500, seed=4, stratified=True, task=get_task("sst2"))["idx"] != sub["idx"]
+
+
+def test_validation_from_train_is_stratified_seeded_and_disjoint(glue_dir):
+    task = get_task("mrpc")
+    train = load_splits(task, DataConfig(data_dir=str(glue_dir))).train
+    rest, held = carve_validation(train, 400, seed=0, task=task)
+    assert len(held) == 400 and len(rest) == len(train) - 400
+    assert not set(held["idx"]) & set(rest["idx"])
+    share = sum(train["label"]) / len(train)  # MRPC: 68% paraphrases
+    assert abs(sum(held["label"]) / 400 - share) <= 1 / 400 + 1e-9
+    assert carve_validation(train, 400, seed=0, task=task)[1]["idx"] == held["idx"]
+    assert carve_validation(train, 400, seed=1, task=task)[1]["idx"] != held["idx"]
+    # the training subset is drawn from the rest: never a held-out row, whatever the run's seed
+    for seed in (1, 2, 3):
+        sub = subsample(rest, 1000, seed=seed, stratified=True, task=task)
+        assert len(sub) == 1000 and not set(sub["idx"]) & set(held["idx"])
+    stsb = get_task("stsb")  # regression: a plain seeded draw
+    _, held_r = carve_validation(load_splits(stsb, DataConfig(data_dir=str(glue_dir))).train, 300, 0, stsb)
+    assert len(held_r) == 300
+    with pytest.raises(UsageError, match="validation_from_train=3668"):
+        carve_validation(train, len(train), seed=0, task=task)

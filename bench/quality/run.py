@@ -4,6 +4,7 @@
     python bench/quality/run.py gpu --write docs/results.md      # the papers' protocol (Hub or local paths)
     python bench/quality/run.py cpu --dry-run                    # the sweeps it would run
     python bench/quality/run.py cpu --report-only --write docs/results.md   # tables from the runs on disk
+    python bench/quality/run.py cpu-long --write docs/results.md # staged protocol (staged.py, claims.py)
 
 A profile (`bench/quality/PROFILE.yaml`, or a path) names the model(s), tasks (with their training-subset
 size and epochs), method groups (each with its learning rate), seeds and parallel jobs. For every model, task
@@ -35,6 +36,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))  # staged.py and claims.py, next to this script
 
 
 def load_profile(name: str) -> tuple[str, dict]:
@@ -194,10 +196,45 @@ def write_block(path: Path, profile_name: str, block: str) -> None:
     os.replace(tmp, path)
 
 
+def staged_main(name: str, profile: dict, args: argparse.Namespace) -> None:
+    """A profile with `waves` (cpu-long): grid on the held-out split, seeds at the chosen rate, records."""
+    import claims
+    import staged
+
+    out = Path(args.out or os.environ.get("SFTUNE_QUALITY_OUT") or profile["out"]).expanduser()
+    records = ROOT / profile["records"]
+    methods = args.methods.split(",") if args.methods else None
+    if methods:
+        unknown = set(methods) - {m for w in profile["waves"] for m in w}
+        if unknown:
+            sys.exit(f"error: --methods {','.join(sorted(unknown))}: not in profile {name}")
+    if args.report_only and out.is_dir():  # record what finished, e.g. while a run goes on in the background
+        n = staged.harvest(out, records, profile, staged.load_records(records, profile), prune=False)
+        print(f"recorded {n} finished run(s) found in {out}", flush=True)
+    if not args.report_only:
+        staged.env_for_runs(profile.get("threads", 1))
+        staged.run(profile, out, records, args.jobs or profile.get("jobs", 1), methods, args.data_dir,
+                   dry_run=args.dry_run)
+        if args.dry_run:
+            return
+    known = staged.load_records(records, profile)
+    majority = majority_scores(list(profile["tasks"]), args.data_dir or profile.get("data_dir"))
+    command = f"python bench/quality/run.py {name}" + (" --write docs/results.md" if args.write else "")
+    fig = ROOT / profile["figure"] if profile.get("figure") and args.write else None
+    block = claims.report(name, profile, known, majority, fig, command)
+    print(block)
+    if args.write:
+        write_block(Path(args.write), name, block)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("profile", help="cpu, gpu or a profile YAML")
-    ap.add_argument("--out", default=None, help="sweep root (default: bench/quality/out/PROFILE)")
+    ap.add_argument("profile", help="cpu, gpu, cpu-long or a profile YAML")
+    ap.add_argument("--out", default=None, help="sweep root (default: bench/quality/out/PROFILE; cpu-long: the "
+                    "profile's `out`, or SFTUNE_QUALITY_OUT)")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at a time (staged profiles; default: the profile's)")
+    ap.add_argument("--methods", default=None,
+                    help="only these methods (staged profiles), e.g. to leave some for later")
     ap.add_argument("--model", default=None, help="replace the profile's model(s), e.g. a local path")
     ap.add_argument("--data-dir", default=None, help="GLUE directory (replaces the profile's)")
     ap.add_argument("--write", default=None, help="put the table into this Markdown file")
@@ -205,6 +242,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="only build the tables from the runs on disk")
     args = ap.parse_args()
     name, profile = load_profile(args.profile)
+    if "waves" in profile:
+        return staged_main(name, profile, args)
     out = Path(args.out) if args.out else Path(os.path.relpath(HERE / "out" / name))
     sweeps = sweep_commands(profile, out, args.model, args.data_dir)
     if args.dry_run:

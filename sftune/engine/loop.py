@@ -22,7 +22,7 @@ from sftune import causal_lm, lm_data
 from sftune import metrics as metric_fns
 from sftune.artifacts import RunDir
 from sftune.config import RunConfig
-from sftune.data import load_splits, make_loader, subsample, tokenize
+from sftune.data import HELDOUT, carve_validation, load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sftune.engine.distributed import MaskCheck
 from sftune.engine.guard import NonFiniteGuard
@@ -96,6 +96,9 @@ class Trainer:
         self.tokenizer = self.make_tokenizer()
         self.splits = self.read_data(need_train)
         train = self.splits.train
+        if need_train and cfg.data.validation_from_train:  # before the subsample: the two never overlap
+            train, self.splits.evals[HELDOUT] = carve_validation(train, cfg.data.validation_from_train,
+                                                                 cfg.data.validation_seed, task)
         if need_train and cfg.data.train_size:
             train = subsample(train, cfg.data.train_size, tcfg.seed, cfg.data.stratified, task)
             self.train_subset_md5 = hashlib.md5(",".join(map(str, train["idx"])).encode()).hexdigest()

@@ -1,0 +1,256 @@
+"""Staged quality protocol (profile `cpu-long`): learning rate chosen on a held-out split, then seeds.
+
+For every setting (the main one and a low-resource one), task and method:
+
+  1. grid:  one run per learning rate of the method's group, seed 1, scored on `heldout` (examples carved
+            from the training data with data.validation_from_train, never dev);
+  2. final: seeds 1..N at the learning rate with the best held-out main metric (seed 1 is the grid's run).
+
+Runs are ordinary `sftune sweep`s into OUT/SETTING/TASK (outside the repository by default: run directories
+are large and sessions lay the work tree anew). Every finished run is also written as one compact record
+(task, method, lr, seed, metrics, steps, times, commit) to RECORDS/TASK.jsonl, which is committed: a later
+session, even on a fresh machine, skips every recorded run, and the report is rebuilt from the records alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+HELDOUT = "heldout"
+
+
+# ------------------------------------------------------------------------------------------------ records
+def record_key(r: dict) -> tuple:
+    return (r["setting"], r["task"], r["method"], float(r["lr"]), int(r["seed"]))
+
+
+def load_records(records: Path, profile: dict) -> dict[tuple, dict]:
+    """Recorded runs that match the profile's current settings (size, steps, held-out count); others are
+    ignored, so a changed profile reruns what it changed."""
+    found = {}
+    for path in sorted(records.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if (r["setting"] in profile["settings"] and r["task"] in profile["tasks"]
+                    and r["run"] == run_options(profile, r["setting"], r["task"])):
+                found[record_key(r)] = r
+    return found
+
+
+def run_options(profile: dict, setting: str, task: str) -> dict:
+    """What a run's record must share with the profile to count: sizes, steps and the fixed options."""
+    t, s = profile["tasks"][task], profile["settings"][setting]
+    return {"train_size": s.get("train_size", t.get("train_size")), "heldout": t["heldout"],
+            "steps": s.get("steps", t["steps"]), "set": list(profile.get("set") or [])}
+
+
+def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], prune: bool) -> int:
+    """Append a record for every complete run under OUT not recorded yet; returns how many were added."""
+    known.update(load_records(records, profile))  # another process may have recorded some meanwhile
+    added = 0
+    for path in sorted(out.glob("*/*/*/*/*/seed-*/results.json")):
+        setting, task = path.relative_to(out).parts[:2]
+        if setting not in profile["settings"] or task not in profile["tasks"]:
+            continue
+        res = json.loads(path.read_text())
+        if res.get("status") != "complete":
+            continue
+        cfg = _yaml(path.parent / "config.yaml")
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        rec = {"setting": setting, "task": task, "method": res["method"], "lr": cfg["train"]["lr"],
+               "seed": res["seed"], "run": run_options(profile, setting, task), "metrics": res["metrics"],
+               "n_train": res["n_train"], "train_seconds": round(res["train_seconds"], 1),
+               "wall_seconds": round(manifest["timings"].get("wall_seconds_this_session", 0.0), 1),
+               "commit": manifest.get("git_commit"), "finished": manifest["timings"].get("finished"),
+               "steps_done": res.get("steps"), **train_loss(path.parent / "metrics.jsonl")}
+        if (cfg["data"]["train_size"], cfg["data"]["validation_from_train"], cfg["train"]["max_steps"]) != (
+                rec["run"]["train_size"], rec["run"]["heldout"], rec["run"]["steps"]):
+            continue  # a run of an older profile left in OUT
+        if record_key(rec) not in known:
+            records.mkdir(parents=True, exist_ok=True)
+            with open(records / f"{task}.jsonl", "a") as f:
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+            known[record_key(rec)] = rec
+            added += 1
+        if prune and (path.parent / "model").is_dir():
+            shutil.rmtree(path.parent / "model")  # 88 MB per MiniLM run; the record keeps what the report reads
+    return added
+
+
+def train_loss(metrics: Path) -> dict:
+    """The training loss at the first logged step and averaged over the last three: whether a run left the
+    initial plateau (ln 2 = 0.69 for two classes) is measured, not guessed."""
+    losses = []
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("type") == "train" and r.get("loss") is not None:
+                losses.append(r["loss"])
+    if not losses:
+        return {}
+    return {"loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-3:]) / len(losses[-3:]), 4)}
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+# --------------------------------------------------------------------------------------------- the plan
+def main_metric(task: str) -> str:
+    from sftune.tasks import get_task
+
+    return get_task(task).main_metric
+
+
+def score(rec: dict, split: str) -> float:
+    v = rec["metrics"].get(split, {}).get(main_metric(rec["task"]))
+    return v if v is not None and math.isfinite(v) else -math.inf
+
+
+def chosen_lr(profile: dict, known: dict, task: str, method: str) -> float | None:
+    """The grid learning rate with the best held-out score of seed 1 in the main setting (None until every
+    grid run is recorded; ties go to the first rate of the grid)."""
+    grid = group_of(profile, method)["lr_grid"]
+    recs = [known.get(("main", task, method, float(lr), 1)) for lr in grid]
+    if any(r is None for r in recs):
+        return None
+    best = max(range(len(grid)), key=lambda i: (score(recs[i], HELDOUT), -i))
+    return float(grid[best])
+
+
+def group_of(profile: dict, method: str) -> dict:
+    for g in profile["groups"].values():
+        if method in g["methods"]:
+            return g
+    raise KeyError(method)
+
+
+def wanted(profile: dict, known: dict, setting: str, task: str, method: str) -> list[tuple[float, int]]:
+    """(lr, seed) runs the protocol needs now for this cell; the final seeds wait for the grid."""
+    seeds = list(range(1, profile["seeds"] + 1))
+    if setting == "main":
+        grid = [(float(lr), 1) for lr in group_of(profile, method)["lr_grid"]]
+        lr = chosen_lr(profile, known, task, method)
+        return grid + ([(lr, s) for s in seeds] if lr is not None else [])
+    lr = chosen_lr(profile, known, task, method)  # other settings reuse the main setting's choice
+    return [(lr, s) for s in seeds] if lr is not None else []
+
+
+def group_missing(missing: dict[str, set[tuple[float, int]]]) -> list[tuple[list[str], list[float], list[int]]]:
+    """Missing runs as few sweeps as possible: methods with the same missing (lr, seed) set share a sweep
+    when the set is a product of rates and seeds, else one sweep per rate."""
+    by_set = collections.defaultdict(list)
+    for method, runs in missing.items():
+        if runs:
+            by_set[frozenset(runs)].append(method)
+    sweeps = []
+    for runs, methods in by_set.items():
+        lrs = sorted({lr for lr, _ in runs})
+        seeds = sorted({s for _, s in runs})
+        if set(itertools.product(lrs, seeds)) == set(runs):
+            sweeps.append((methods, lrs, seeds))
+        else:
+            for lr in lrs:
+                sweeps.append((methods, [lr], sorted(s for x, s in runs if x == lr)))
+    return sweeps
+
+
+def sweep_command(profile: dict, out: Path, setting: str, task: str, methods: list[str], lrs: list[float],
+                  seeds: list[int], jobs: int, data_dir: str | None) -> list[str]:
+    opts = run_options(profile, setting, task)
+    cmd = ["sftune", "sweep", profile["model"], task, "--method", ",".join(methods),
+           "--grid", "train.lr=" + ",".join(repr(x) for x in lrs),
+           "--seed-list", ",".join(map(str, seeds)), "--jobs", str(jobs),
+           "--output-dir", str(out / setting / task), "--data-dir", data_dir or profile["data_dir"],
+           "--max-steps", str(opts["steps"]), "--set", f"data.validation_from_train={opts['heldout']}"]
+    if opts["train_size"]:
+        cmd += ["--train-size", str(opts["train_size"]), "--stratified"]
+    for item in opts["set"]:
+        cmd += ["--set", item]
+    return cmd
+
+
+def cells(profile: dict, methods: list[str] | None) -> list[tuple[str, str, list[str]]]:
+    """(setting, task, methods) in running order: each wave's main setting task by task, then the wave's
+    other settings (they need the main setting's choice)."""
+    out = []
+    for wave in profile["waves"]:
+        ms = [m for m in wave if methods is None or m in methods]
+        if not ms:
+            continue
+        for task in profile["tasks"]:
+            out.append(("main", task, ms))
+        for setting, s in profile["settings"].items():
+            if setting != "main":
+                for task in s["tasks"]:
+                    out.append((setting, task, [m for m in ms if m in s["methods"]]))
+    return [c for c in out if c[2]]
+
+
+def call(cmd: list[str]) -> int:
+    """Run one sweep; on Ctrl-C (which the sweep and its runs get too: they checkpoint and stop) wait for it."""
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()
+        return 130
+
+
+def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] | None, data_dir: str | None,
+        dry_run: bool = False, prune: bool = True) -> None:
+    known = load_records(records, profile)
+    if out.is_dir():
+        print(f"recorded {harvest(out, records, profile, known, prune)} finished run(s) found in {out}", flush=True)
+    failed = []
+    for setting, task, ms in cells(profile, methods):
+        for _ in range(3):  # the grid, then the seeds at the chosen rate; a third pass retries failed runs once
+            missing = {m: set(wanted(profile, known, setting, task, m)) - {k[3:] for k in known
+                                                                          if k[:3] == (setting, task, m)}
+                       for m in ms}
+            sweeps = group_missing(missing)
+            if not sweeps:
+                break
+            for s_methods, lrs, seeds in sweeps:
+                cmd = sweep_command(profile, out, setting, task, s_methods, lrs, seeds, jobs, data_dir)
+                print(f"== {setting}/{task}: {shlex.join(cmd)}", flush=True)
+                if dry_run:
+                    continue
+                t0 = time.time()
+                rc = call(cmd)
+                n = harvest(out, records, profile, known, prune)
+                print(f"   exit {rc}, {n} run(s) recorded, {time.time() - t0:.0f} s", flush=True)
+                if rc in (2, 130):
+                    sys.exit(rc)
+                if rc != 0:  # a failed run stays missing: the other cells go on, a rerun tries it again
+                    failed.append(f"{setting}/{task} {','.join(s_methods)}: see {out / setting / task}/summary.json")
+            if dry_run:
+                break
+    if failed:
+        print("runs failed (rerun the command to try them again):\n  " + "\n  ".join(failed), flush=True)
+        sys.exit(1)
+
+
+def env_for_runs(threads: int) -> None:
+    """One thread per run whatever --jobs is (CPU results depend on the thread count), offline Hub."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
