@@ -98,8 +98,9 @@ def test_measured_persistent_parts_match_the_estimate(measured, tiny_bert):
 def test_breakdown_adds_up_to_the_measured_peak(tiny_bert, method):
     """The parts (weights + gradients + optimizer + method state + activations + runtime, each at the moment
     their sum peaked) are within 10% of the measured peak (VmHWM above the baseline). The batch makes the
-    step's tensors dominate the few MiB of temporaries a tiny model's backward adds."""
-    code, out, err = _run(["memprofile", tiny_bert, "rte", "--methods", method, "--batch-sizes", "128",
+    step's tensors dominate the few MiB of temporaries a tiny model's backward adds (at 128, DPS Mix's
+    activations were 49.9% of its parts, and the check below flipped with allocator noise)."""
+    code, out, err = _run(["memprofile", tiny_bert, "rte", "--methods", method, "--batch-sizes", "256",
                            "--seq-len", "32", "--steps", "2", "--cpu", "--format", "json"])
     assert code == 0, err
     (cell,) = json.loads(out)["cells"]

@@ -22,7 +22,7 @@ import yaml
 from sftune.artifacts import RunDir, read_jsonl
 from sftune.config import dump_yaml, option
 from sftune.errors import UsageError
-from sftune.methods.base import Method
+from sftune.methods.base import Method, Regularizer
 from sftune.sweep import runner as runner_mod
 from sftune.sweep.runner import RunLock, Runner, child_env, cpu_cores, failure_cause, state_of
 from sftune.sweep.spec import expand, grid_presets, load_grid_preset, make_spec
@@ -110,7 +110,7 @@ def test_paired_values_are_zipped_and_regulariser_keys_add_the_regulariser(fake_
         w: float = option(1.0, "weight")
         kind: str = option("a", "kind")
 
-    class _FakeReg(Method):
+    class _FakeReg(Regularizer):
         name = "fake-reg"
         summary = "test regulariser"
         Options = _ROptions
