@@ -41,22 +41,6 @@ def sick_rows(sick_dir) -> dict[str, list[dict]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def invoke():
-    from typer.testing import CliRunner
-
-    from sftune.cli import app, quiet_libraries
-
-    quiet_libraries()
-    runner = CliRunner()
-
-    def run(*args):
-        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-        return result.exit_code, result.stdout, result.stderr
-
-    return run
-
-
 def test_sick_splits_from_the_data_dir(sick_dir, sick_rows):
     from sftune.data import load_splits
 
@@ -118,11 +102,11 @@ def test_sick_targets_from_the_data_dir_and_from_the_file(sick_dir):
         load_target(spec, str(sick_dir))
 
 
-def test_sick_source_transfers_to_rte_and_sick(invoke, tiny_bert, glue_dir, sick_dir, tmp_path):
+def test_sick_source_transfers_to_rte_and_sick(cli, tiny_bert, glue_dir, sick_dir, tmp_path):
     """A tiny BERT trained 3 steps on 64 SICK TRAIN rows; evaluated on RTE dev (2-way, mapped by name) and on
     SICK TEST as a target, which must agree with the run's own in-domain TEST evaluation."""
     out = tmp_path / "run"
-    code, stdout, stderr = invoke("transfer", tiny_bert, "--source", "sick", "--targets", "rte,sick",
+    code, stdout, stderr = cli("transfer", tiny_bert, "--source", "sick", "--targets", "rte,sick",
                                   "--data-dir", sick_dir, "--target-file", f"rte={glue_dir / 'RTE' / 'dev.tsv'}",
                                   "--train-size", "64", "--max-steps", "3", "--batch-size", "16",
                                   "--set", "data.eval_batch_size=256", "-o", out, "--format", "json")
@@ -146,7 +130,7 @@ def test_sick_source_transfers_to_rte_and_sick(invoke, tiny_bert, glue_dir, sick
     assert rte["accuracy"] == pytest.approx(sum(r["prediction"] == r["label"] for r in rows) / 277)
 
     # the terminal output reports the mapping
-    code, stdout, stderr = invoke("transfer", out, "--targets", "rte", "--target-file",
+    code, stdout, stderr = cli("transfer", out, "--targets", "rte", "--target-file",
                                   f"rte={glue_dir / 'RTE' / 'dev.tsv'}", "-o", tmp_path / "again")
     assert code == 0, stderr
     assert "labels mapped entailment->entailment, neutral->not_entailment, contradiction->not_entailment" in stdout
