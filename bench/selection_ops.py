@@ -147,14 +147,14 @@ def main() -> None:
     import transformers
 
     from sftune.methods import dps_common
-    from sftune.select import masks, sampling
+    from sftune.select import masks, sampling_cdf
 
     transformers.logging.set_verbosity_error()
     masks._CHUNK.clear()  # the non-CPU Bernoulli path: few large chunks, one stream
     masks._SPLIT_MIN = float("inf")
     dps_common.gam_chunk = lambda device: 1 << 23  # a whole matrix per chunk, as on CUDA
     dps_common.multi_tensor_gam = lambda device: True
-    sampling._DRAW_CHUNK = sampling._DRAW_CHUNK_OTHER
+    sampling_cdf._DRAW_CHUNK = sampling_cdf._DRAW_CHUNK_OTHER
     counter = OpCounter()
     glue = Path(args.glue)
     rows = []

@@ -1,12 +1,15 @@
 """"A new selector is one file plus one test": a toy selector registered from a temporary module shows up in
---method (help and validation, and it trains), `sftune methods`, the docs table, the memory estimate (through
-its own `state_estimate`) and every benchmark's default method list, with no other file edited."""
+--method (help and validation, and it trains), `sftune methods`, the docs table (as `write_methods_table` writes
+it), the memory estimate (through its own `state_estimate`), every benchmark script's default method list and
+the quality profiles' sweeps, with no other file edited."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -77,6 +80,13 @@ def test_a_selector_in_one_file_is_everywhere(toy, cli, tiny_bert, glue_dir, tmp
     (doc,) = [m for m in json.loads(out) if m["name"] == NAME]
     assert [o["name"] for o in doc["options"]] == ["stride"]
     assert f"| `{NAME}` | method |" in methods_markdown()
+    from sftune.cli.catalog import write_methods_table
+
+    doc_copy = tmp_path / "methods.md"
+    shutil.copy(ROOT / "docs" / "methods.md", doc_copy)
+    write_methods_table(str(doc_copy))  # the command tests/test_docs.py asks to run after adding a method
+    (row,) = [line for line in doc_copy.read_text().splitlines() if line.startswith(f"| `{NAME}` |")]
+    assert "`stride` (2)" in row
 
     # It trains: validation accepts it and its option, the loop runs its selection.
     run = tmp_path / "run"
@@ -103,10 +113,28 @@ def test_a_selector_in_one_file_is_everywhere(toy, cli, tiny_bert, glue_dir, tmp
     assert cell["method_state_how"] == "estimated" and cell["method_state_detail"] == {"toy_masks": cell["candidates"]}
     assert cell["candidates"] > 0 and cell["parts"]["method_state"] == cell["candidates"]
 
-    # The benchmarks' default lists come from the registry.
+    # The benchmarks' default lists come from the registry, and each script's main() runs that list (not one
+    # of its own) when --methods is not given.
     for script in ("step_share.py", "step_time.py", "methods_minilm.py", "selection_ops.py", "gpu/smoke.py"):
-        assert NAME in _bench(script).default_methods(), script
+        module = _bench(script)
+        assert NAME in module.default_methods(), script
+        assert "default_methods()" in inspect.getsource(module.main), script
     assert "full" not in _bench("selection_ops.py").default_methods()  # only the per-step selectors
+
+    # The quality benchmark's profiles run it too: in their `other` group (methods: rest), after their own.
+    quality = _bench("quality/run.py")
+    import staged  # next to run.py, which put its folder on sys.path
+
+    for name in ("cpu", "gpu"):
+        _, profile = quality.load_profile(name)
+        assert profile["groups"]["other"]["methods"] == [NAME], name
+        sweeps = quality.sweep_commands(profile, tmp_path, None, None)
+        assert {s["key"].rsplit("/", 1)[1] for s in sweeps if NAME in s["cmd"]} == {"other"}, name
+        one_task = dict(profile, tasks={"rte": {}})  # the report's majority row reads each task's data
+        assert f"| {NAME} |" in quality.report(name, one_task, tmp_path, str(glue_dir), [name])
+    _, long = quality.load_profile("cpu-long")
+    assert long["waves"][-1] == [NAME] and staged.group_of(long, NAME)["lr_grid"]
+    assert [c for c in staged.cells(long, None) if NAME in c[2]] == [("main", t, [NAME]) for t in long["tasks"]]
 
 
 def test_the_toy_is_gone_afterwards():

@@ -189,7 +189,7 @@ def judge(cell: dict, expect_flat: bool, device: str) -> list[str]:
 def run_cell(trainer_cls, config, method: str, mode: str, precision: str, args) -> dict:
     from sftune.methods.flat_grads import wanted
     from sftune.profile.common import Cell, run_config, synthetic_examples
-    from sftune.profile.memory import Meter
+    from sftune.profile.meter import Meter
 
     sets = dict(SMOKE_SETS, **(DPS_SETS if method.startswith("dps") else {}), **{"train.flat_grads": args.flat_grads})
     cell = Cell(model=f"shape:{args.shape}", task="rte", method=method, batch_size=args.batch_size,

@@ -7,9 +7,11 @@
     python bench/quality/run.py cpu-long --write docs/results.md # staged protocol (staged.py, claims.py)
 
 A profile (`bench/quality/PROFILE.yaml`, or a path) names the model(s), tasks (with their training-subset
-size and epochs), method groups (each with its learning rate), seeds and parallel jobs. For every model, task
-and group the script runs one ordinary `sftune sweep` into `OUT/MODEL/TASK/GROUP`; a sweep resumes where it
-stopped, so rerunning the command after an interruption finishes the work and rewrites the same tables.
+size and epochs), method groups (each with its learning rate), seeds and parallel jobs. One group may say
+`methods: rest`: every registered method that no other group and no `skip` entry names, so a new method is
+benchmarked without editing a profile. For every model, task and group the script runs one ordinary
+`sftune sweep` into `OUT/MODEL/TASK/GROUP`; a sweep resumes where it stopped, so rerunning the command after an
+interruption finishes the work and rewrites the same tables.
 
 The report reads every run's `results.json` under OUT, groups them by model, task and method, and prints the
 task's main metric as mean ± sample std (n seeds). The majority-class row predicts the training set's most
@@ -39,11 +41,43 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))  # staged.py and claims.py, next to this script
 
 
+REST = "rest"  # a group's `methods: rest`: every registered method that neither another group nor `skip` names
+
+
 def load_profile(name: str) -> tuple[str, dict]:
     path = Path(name) if name.endswith((".yaml", ".yml")) else HERE / f"{name}.yaml"
     if not path.is_file():
         sys.exit(f"error: profile {name!r} not found (expected {path}); profiles: cpu, gpu, or a YAML path")
-    return path.stem, yaml.safe_load(path.read_text())
+    return path.stem, resolve_methods(yaml.safe_load(path.read_text()), path.name)
+
+
+def resolve_methods(profile: dict, where: str = "the profile") -> dict:
+    """The profile's method lists, completed from the registry: the group whose `methods` is `rest` gets every
+    registered method that no other group and no `skip` entry names, so a new method is benchmarked without
+    editing a profile (a staged profile runs those in one more wave, after its own). A group left empty is
+    dropped. Names that are not registered methods are refused (a renamed method would fail every sweep)."""
+    from sftune.registry import method_names
+
+    registered = method_names()
+    groups = profile["groups"]
+    rest = [k for k, g in groups.items() if g["methods"] == REST]
+    if len(rest) > 1:
+        sys.exit(f"error: {where}: groups {', '.join(rest)} all say `methods: {REST}`; at most one group may")
+    named = [m for g in groups.values() if g["methods"] != REST for m in g["methods"]]
+    unknown = sorted(set(named + list(profile.get("skip") or [])) - set(registered))
+    if unknown:
+        sys.exit(f"error: {where} names {', '.join(unknown)}, not registered methods; "
+                 f"'sftune methods' lists them")
+    for key in rest:
+        groups[key]["methods"] = [m for m in registered if m not in named and m not in (profile.get("skip") or [])]
+    for key in [k for k, g in groups.items() if not g["methods"]]:
+        del groups[key]
+    if "waves" in profile:
+        waved = {m for w in profile["waves"] for m in w}
+        extra = [m for g in groups.values() for m in g["methods"] if m not in waved]
+        if extra:
+            profile["waves"].append(extra)
+    return profile
 
 
 def sweep_commands(profile: dict, out: Path, model_override: str | None, data_dir: str | None) -> list[dict]:

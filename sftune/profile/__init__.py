@@ -2,6 +2,7 @@
 
     common.py    cells, model configs (local, Hub, built-in shapes), synthetic batches, run configs
     memory.py    measurement: one child process per cell, peak memory, parts, PhaseTimer split
+    meter.py     process memory: resident (VmRSS/VmHWM, glibc's mmap threshold) or CUDA-allocated peak
     estimate.py  the analytic breakdown on a meta-device model (`--estimate`)
     report.py    the appendix-F table, step-time and breakdown tables, JSON, CSV
 

@@ -11,7 +11,8 @@ In the child, in order:
    its own mapping (`fix_mmap_threshold`: freed tensors go back to the OS, so the resident peak is what was
    live, not what the allocator kept); one training step of a one-layer copy of the architecture (thread
    pools, kernel caches). Then the baseline: resident memory (VmRSS; the high-water mark VmHWM is reset to it
-   through /proc/self/clear_refs), or allocated memory after `torch.cuda.reset_peak_memory_stats()`.
+   through /proc/self/clear_refs), or allocated memory after `torch.cuda.reset_peak_memory_stats()` (`Meter`,
+   `meter.py`).
 2. `Trainer.build()` itself, fed synthetic examples and a config-built or loaded model (`ProfileTrainer`),
    then `steps` optimizer steps through `Trainer._micro_step`, with `trainer.phases` a `ProfileTimer`
    (`tracking.py`): the PhaseTimer split, plus the tensors the step holds, event by event.
@@ -31,9 +32,7 @@ peak - parts is derived: backward and selection temporaries, allocator slack; it
 
 from __future__ import annotations
 
-import gc
 import os
-import resource
 import sys
 import time
 import traceback
@@ -47,83 +46,11 @@ import torch
 from sftune.engine.loop import Trainer
 from sftune.engine.timing import PhaseTimer
 from sftune.profile.common import TIME_PHASES, Cell, build_model, failure, load_config, run_config, synthetic_examples
+from sftune.profile.meter import RUN_MMAP_THRESHOLD, Meter, fix_mmap_threshold, rss_bytes
 from sftune.profile.tracking import ProfileTimer, storages
 
 FAIL_ENV = "SFTUNE_MEMPROFILE_FAIL"  # testing hook: "METHOD" or "METHOD@BATCH" makes that cell's child raise
 MALLOC_ENV = "SFTUNE_MEMPROFILE_MALLOC"  # "default" keeps glibc's own mmap threshold (to compare; see above)
-
-
-# --------------------------------------------------------------------------------------- process memory
-def _status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_bytes() -> int:
-    kb = _status_kb("VmRSS")
-    return kb * 1024 if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_hwm() -> bool:
-    """Reset this process's peak resident memory (VmHWM) to the current one (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _status_kb("VmHWM") is not None
-
-
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc), so the baseline is not inflated by freed warm-up."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class Meter:
-    """Peak memory of the process from a baseline, on CPU or CUDA."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.device = device
-
-    def start(self) -> None:
-        trim_heap()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
-            self.source = "torch.cuda.max_memory_allocated"
-            return
-        self.baseline = rss_bytes()
-        if reset_hwm():
-            self.source = "VmHWM"
-        else:  # no resettable high-water mark: the lifetime peak, which includes the warm-up (small)
-            self.source = "ru_maxrss"
-
-    def peak(self) -> dict[str, int | str]:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            return {"peak": torch.cuda.max_memory_allocated(self.device) - self.baseline,
-                    "peak_reserved": torch.cuda.max_memory_reserved(self.device),
-                    "baseline": self.baseline, "source": self.source}
-        if self.source == "VmHWM":
-            high = (_status_kb("VmHWM") or 0) * 1024
-        else:
-            high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return {"peak": high - self.baseline, "baseline": self.baseline, "source": self.source,
-                "peak_rss": high}
 
 
 def preload(config) -> None:
@@ -140,25 +67,6 @@ def preload(config) -> None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
     except KeyError:
         pass
-
-
-RUN_MMAP_THRESHOLD = 32 * 1024 * 1024  # the most glibc's dynamic threshold rises to on 64-bit (timed steps)
-
-
-def fix_mmap_threshold(nbytes: int = 16 * 1024, trim: int | None = None) -> bool:
-    """glibc: serve every allocation of at least `nbytes` from its own mapping, returned to the OS when freed,
-    and trim the heap top beyond `trim` (default `nbytes`). glibc otherwise raises the threshold as large
-    blocks are freed and keeps freed memory in its heap, so the resident peak would include what the allocator
-    retained rather than what was live. The price is time: every large temporary is a fresh mapping whose
-    pages the kernel zeroes, so the timed steps run with the threshold back at its dynamic maximum."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
-        return bool(libc.mallopt(-3, nbytes)) and bool(libc.mallopt(-1, trim if trim is not None else nbytes))
-    except (OSError, AttributeError):
-        return False
 
 
 def warm_up(config, seq_len: int) -> None:
@@ -193,7 +101,7 @@ class ProfileTrainer(Trainer):
     """The training loop's own `build()` and `_micro_step()`, fed synthetic examples and a config-built or
     loaded model instead of a tokenizer, a dataset and a checkpoint (no evaluation sets)."""
 
-    def __init__(self, cfg, meter: "Meter"):
+    def __init__(self, cfg, meter: Meter):
         super().__init__(cfg)
         self.memory_meter = meter  # (Trainer.meter is the sparsity meter)
 

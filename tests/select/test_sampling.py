@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import sftune.select.sampling as sampling
+import sftune.select.sampling_cdf as sampling_cdf
 from sftune.select import uniform_sample_without_replacement, weighted_sample_without_replacement
 
 METHODS = ["keys", "cdf"]
@@ -73,7 +73,7 @@ def test_inclusion_frequencies_cdf_match_exact_successive_sampling():
 
 def test_cdf_fallback_to_keys_midway_is_still_exact(monkeypatch):
     # One cdf round, then the keys method finishes the sample on the remaining items.
-    monkeypatch.setattr(sampling, "_MAX_ROUNDS", 1)
+    monkeypatch.setattr(sampling_cdf, "_MAX_ROUNDS", 1)
     trials = 1500
     check_against_alternatives(inclusion_frequencies(WEIGHTS, K, trials, "cdf"), trials)
 
