@@ -19,26 +19,30 @@ from rich.text import Text
 from sftune import __version__
 from sftune.artifacts import RunDir, atomic_write_text
 from sftune.cli import app
-from sftune.cli.common import (
+from sftune.cli.common import check_format, examples, user_errors
+from sftune.cli.options import (
     BatchSize,
     DataDir,
     Epochs,
     Format,
     LearningRate,
+    MaskMode,
     MaxSteps,
+    PresetName,
+    Reg,
     SetItems,
+    Stratified,
     TrainFile,
+    TrainSize,
     ValidationFile,
-    check_format,
-    examples,
-    user_errors,
 )
 from sftune.config import dump_yaml
 from sftune.plots import require_matplotlib
 from sftune.sweep.case_study import case_study as run_case_study
 from sftune.sweep.case_study import plot as plot_case_study
+from sftune.sweep.plan import expand
 from sftune.sweep.runner import Outcome, Runner, check_existing, state_of
-from sftune.sweep.spec import expand, grid_presets, make_spec
+from sftune.sweep.spec import grid_presets, make_spec
 from sftune.sweep.summary import Record, mean_std, summarize, write_files
 from sftune.tasks import get_task
 
@@ -231,10 +235,9 @@ def sweep(
                     "where there are GPUs, else they split the CPU cores.")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Sweep directory "
                           "(default: sweeps/MODEL-TASK).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset for every run.")] = None,
-    mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad or update (see 'sftune train').")] = None,
-    reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Regulariser for every run: "
-                   "--reg mixout:p=0.3 (repeatable).")] = None,
+    preset: PresetName = None,
+    mask_mode: MaskMode = None,
+    reg: Reg = None,
     set_: SetItems = None,
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
@@ -243,9 +246,8 @@ def sweep(
     data_dir: DataDir = None,
     train_file: TrainFile = None,
     validation_file: ValidationFile = None,
-    train_size: Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from each "
-                          "run's seed (low-resource setting).")] = None,
-    stratified: Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")] = False,
+    train_size: TrainSize = None,
+    stratified: Stratified = False,
     case_study: Annotated[bool, typer.Option("--case-study", help="Also report easy/hard dev examples per "
                           "method over the seeds of its best config (case_study.json).")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Case study bar chart image (implies "
