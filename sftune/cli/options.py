@@ -3,7 +3,9 @@ key each training option sets is in `sftune.run_tree.OPTIONS`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+from typing import Annotated, Any
 
 import typer
 
@@ -43,3 +45,29 @@ Reg = Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regula
 TrainSize = Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from the seed "
                                                "(low-resource setting).")]
 Stratified = Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")]
+
+# The schedule and data options `train` and `sweep` both take, in help order (`training_options` adds them).
+TRAINING: dict[str, Any] = {"epochs": Epochs, "max_steps": MaxSteps, "lr": LearningRate, "batch_size": BatchSize,
+                            "data_dir": DataDir, "train_file": TrainFile, "validation_file": ValidationFile,
+                            "train_size": TrainSize, "stratified": Stratified}
+
+
+def training_options(command):
+    """Put TRAINING's options where the command has a parameter `training`, and pass them to it as one mapping
+    (option name -> value, None when not given: --stratified is True or None). Typer reads the command's
+    signature, so the options are declared here once instead of in every command."""
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("training")
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=alias,
+                               default=False if name == "stratified" else None) for name, alias in TRAINING.items()]
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at + 1:]]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        training = {name: kwargs.pop(name) for name in TRAINING}
+        training["stratified"] = training["stratified"] or None
+        return command(*args, training=training, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*params[:at], *added, *rest])
+    return wrapper

@@ -14,25 +14,7 @@ from sftune import trackers
 from sftune.artifacts import RunDir
 from sftune.cli import app
 from sftune.cli.common import check_format, examples, user_errors
-from sftune.cli.options import (
-    BatchSize,
-    DataDir,
-    Epochs,
-    Format,
-    LearningRate,
-    MaskMode,
-    MaxSteps,
-    Method,
-    PresetName,
-    Reg,
-    ReportTo,
-    Seed,
-    SetItems,
-    Stratified,
-    TrainFile,
-    TrainSize,
-    ValidationFile,
-)
+from sftune.cli.options import Format, MaskMode, Method, PresetName, Reg, ReportTo, Seed, SetItems, training_options
 from sftune.cli.render import reporter_for, trainable_table
 from sftune.config import build, load_yaml, parse_set
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
@@ -68,6 +50,7 @@ def _stored_tree(source: Path, where: str, method: str | None, preset: str | Non
     "sftune train minilm rte --data-dir DIR -o runs/x --resume    # continue after Ctrl-C",
     "sftune train minilm rte --data-dir DIR --method bitfit --dry-run"))
 @user_errors
+@training_options
 def train(
     model: Annotated[str | None, typer.Argument(help="Hub id, local path, or 'minilm' (offline MiniLM weights). "
                      "Leave MODEL and TASK out with --resume -o DIR to continue from DIR/config.yaml.")] = None,
@@ -80,15 +63,7 @@ def train(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory "
                           "(default: runs/MODEL-TASK-METHOD-seedS).")] = None,
     seed: Seed = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    lr: LearningRate = None,
-    batch_size: BatchSize = None,
-    data_dir: DataDir = None,
-    train_file: TrainFile = None,
-    validation_file: ValidationFile = None,
-    train_size: TrainSize = None,
-    stratified: Stratified = False,
+    training: dict = None,  # --epochs ... --stratified: options.TRAINING
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, print the trainable-parameter "
                        "table per module group, train nothing, write nothing.")] = False,
     format_: Format = "table",
@@ -107,9 +82,7 @@ def train(
 ) -> None:
     check_format(format_)
     options = config_options(
-        seed=seed, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, data_dir=data_dir,
-        train_file=train_file, validation_file=validation_file, train_size=train_size, mask_mode=mask_mode,
-        stratified=stratified or None, report_to=report_to, keep_checkpoint=keep_checkpoint or None,
+        seed=seed, **training, mask_mode=mask_mode, report_to=report_to, keep_checkpoint=keep_checkpoint or None,
         plots=plots or None, trust_remote_code=trust_remote_code or None)
     if (model is None) != (task is None):
         raise UsageError("give both MODEL and TASK, or neither (sftune train --resume --output-dir DIR continues a "
