@@ -103,8 +103,8 @@ def test_dps_reference_dropout_rule(tiny_bert, glue_dir, method, max_steps, trai
 
 
 def test_vanilla_under_the_dps_preset_keeps_the_models_dropout(tiny_bert, glue_dir):
-    from sftune.run_tree import training_tree
     from sftune.engine.loop import Trainer
+    from sftune.run_tree import training_tree
 
     options = {"data.data_dir": str(glue_dir), "data.train_size": 32, "train.max_steps": 2}
     full = Trainer(build(training_tree(str(tiny_bert), "rte", "full", preset="dps", options=options)))
@@ -115,8 +115,8 @@ def test_vanilla_under_the_dps_preset_keeps_the_models_dropout(tiny_bert, glue_d
 
 
 def _preset_trainer(tiny_bert, glue_dir, method, preset, steps):
-    from sftune.run_tree import training_tree
     from sftune.engine.loop import Trainer
+    from sftune.run_tree import training_tree
 
     options = {"data.data_dir": str(glue_dir), "data.train_size": 64, "train.max_steps": steps}
     trainer = Trainer(build(training_tree(str(tiny_bert), "rte", method, preset=preset, options=options)))
