@@ -72,9 +72,9 @@ def _bench(relative: str):
 
 def test_a_selector_in_one_file_is_everywhere(toy, cli, tiny_bert, glue_dir, tmp_path):
     from sftune.cli.catalog import methods_markdown
-    from sftune.cli.train import _method_help
+    from sftune.cli.options import method_help
 
-    assert NAME in _method_help()  # --method's help text
+    assert NAME in method_help()  # --method's help text
     code, out, err = cli("methods", "--format", "json")
     assert code == 0, err
     (doc,) = [m for m in json.loads(out) if m["name"] == NAME]

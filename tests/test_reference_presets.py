@@ -48,7 +48,7 @@ def test_every_reference_preset_names_what_it_follows():
 def test_dps_preset_sets_dropout_only_for_dps_methods_in_a_sweep():
     """`--preset dps --method full,dps-mix,dps-dense`: vanilla keeps the model's dropout (run_trainer.py:345-356
     changes the config only for dense/mix)."""
-    from sftune.sweep.spec import expand, make_spec
+    from sftune.sweep import expand, make_spec
 
     runs = expand(make_spec({"model": "minilm", "task": "rte", "preset": "dps",
                              "method": ["full,dps-mix,dps-dense"], "seeds": 1}))
@@ -103,23 +103,23 @@ def test_dps_reference_dropout_rule(tiny_bert, glue_dir, method, max_steps, trai
 
 
 def test_vanilla_under_the_dps_preset_keeps_the_models_dropout(tiny_bert, glue_dir):
-    from sftune.cli.train import training_tree
     from sftune.engine.loop import Trainer
+    from sftune.run_tree import training_tree
 
     options = {"data.data_dir": str(glue_dir), "data.train_size": 32, "train.max_steps": 2}
-    full = Trainer(build(training_tree(str(tiny_bert), "rte", "full", "dps", None, None, options)))
+    full = Trainer(build(training_tree(str(tiny_bert), "rte", "full", preset="dps", options=options)))
     full.build()
-    mix = Trainer(build(training_tree(str(tiny_bert), "rte", "dps-mix", "dps", None, None, options)))
+    mix = Trainer(build(training_tree(str(tiny_bert), "rte", "dps-mix", preset="dps", options=options)))
     mix.build()
     assert _dropouts(full.model) == {0.1} and _dropouts(mix.model) == {0.0}
 
 
 def _preset_trainer(tiny_bert, glue_dir, method, preset, steps):
-    from sftune.cli.train import training_tree
     from sftune.engine.loop import Trainer
+    from sftune.run_tree import training_tree
 
     options = {"data.data_dir": str(glue_dir), "data.train_size": 64, "train.max_steps": steps}
-    trainer = Trainer(build(training_tree(str(tiny_bert), "rte", method, preset, None, None, options)))
+    trainer = Trainer(build(training_tree(str(tiny_bert), "rte", method, preset=preset, options=options)))
     trainer.build()
     return trainer
 

@@ -24,8 +24,9 @@ from sftune.config import dump_yaml, option
 from sftune.errors import UsageError
 from sftune.methods.base import Method, Regularizer
 from sftune.sweep import runner as runner_mod
+from sftune.sweep.plan import expand
 from sftune.sweep.runner import RunLock, Runner, child_env, cpu_cores, failure_cause, state_of
-from sftune.sweep.spec import expand, grid_presets, load_grid_preset, make_spec
+from sftune.sweep.spec import grid_presets, load_grid_preset, make_spec
 from sftune.sweep.summary import Record, mean_std, summarize
 
 ROOT = Path(__file__).resolve().parents[1]

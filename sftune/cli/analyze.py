@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from sftune.cli import app
-from sftune.cli.common import Format, check_format, examples, user_errors
+from sftune.cli.common import check_format, examples, user_errors
+from sftune.cli.options import Format
 from sftune.cli.sweep import case_table, print_failures, summary_table
 from sftune.errors import UsageError
 from sftune.sweep.case_study import case_study as run_case_study

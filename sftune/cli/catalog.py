@@ -12,7 +12,8 @@ from rich.table import Table
 
 from sftune.artifacts import atomic_write_text
 from sftune.cli import app
-from sftune.cli.common import Format, check_format, examples, user_errors
+from sftune.cli.common import check_format, examples, user_errors
+from sftune.cli.options import Format
 from sftune.config import dump_yaml
 from sftune.errors import UsageError
 from sftune.presets import Preset, all_presets, load_preset

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from sftune.artifacts import RunDir, atomic_write_json
 from sftune.cli import app
-from sftune.cli.common import DataDir, Format, SetItems, TrainFile, ValidationFile, check_format, examples, user_errors
+from sftune.cli.common import check_format, examples, user_errors
+from sftune.cli.options import DataDir, Format, SetItems, TrainFile, ValidationFile
 from sftune.cli.render import print_results
 from sftune.config import build, load_yaml, parse_set, set_dotted
 from sftune.diff import apply_diff

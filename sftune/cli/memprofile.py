@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from sftune.cli import app
-from sftune.cli.common import SetItems, examples, user_errors
+from sftune.cli.common import examples, user_errors
+from sftune.cli.options import MaskMode, SetItems
 from sftune.errors import UsageError
 
 _DEFAULT_METHODS = "full,bitfit,child-tuning-d,dps-dense,dps-mix,stochastic"
@@ -61,8 +62,7 @@ def memprofile(
                                                        "many again timed without the memory tracking (the first "
                                                        "timed step is left out; at least 2).")] = 3,
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (mixed precision).")] = "fp32",
-    mask_mode: Annotated[str, typer.Option("--mask-mode", help="grad (reference) or update (exact MaskedAdamW: "
-                                                               "adds int16 step counts).")] = "grad",
+    mask_mode: MaskMode = "grad",
     random_init: Annotated[bool, typer.Option("--random-init", help="Build MODEL from its config with random "
                                                                    "weights (its weights are not read).")] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="Compute the breakdown analytically on a "

@@ -19,26 +19,15 @@ from rich.text import Text
 from sftune import __version__
 from sftune.artifacts import RunDir, atomic_write_text
 from sftune.cli import app
-from sftune.cli.common import (
-    BatchSize,
-    DataDir,
-    Epochs,
-    Format,
-    LearningRate,
-    MaxSteps,
-    SetItems,
-    TrainFile,
-    ValidationFile,
-    check_format,
-    examples,
-    user_errors,
-)
+from sftune.cli.common import check_format, examples, user_errors
+from sftune.cli.options import Format, MaskMode, PresetName, Reg, SetItems, training_options
 from sftune.config import dump_yaml
 from sftune.plots import require_matplotlib
 from sftune.sweep.case_study import case_study as run_case_study
 from sftune.sweep.case_study import plot as plot_case_study
+from sftune.sweep.plan import expand
 from sftune.sweep.runner import Outcome, Runner, check_existing, state_of
-from sftune.sweep.spec import expand, grid_presets, make_spec
+from sftune.sweep.spec import grid_presets, make_spec
 from sftune.sweep.summary import Record, mean_std, summarize, write_files
 from sftune.tasks import get_task
 
@@ -213,6 +202,7 @@ def _raise_interrupt(signum, frame):
     "sftune sweep my-sweep.yaml --dry-run",
     "sftune plot sweeps/minilm-rte -o sweep.png"))
 @user_errors
+@training_options
 def sweep(
     model: Annotated[str, typer.Argument(help="Model (as for 'sftune train'), or a sweep YAML file.")],
     task: Annotated[str | None, typer.Argument(help="GLUE task (optional with a sweep file: overrides it).")] = None,
@@ -231,21 +221,11 @@ def sweep(
                     "where there are GPUs, else they split the CPU cores.")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Sweep directory "
                           "(default: sweeps/MODEL-TASK).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset for every run.")] = None,
-    mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad or update (see 'sftune train').")] = None,
-    reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Regulariser for every run: "
-                   "--reg mixout:p=0.3 (repeatable).")] = None,
+    preset: PresetName = None,
+    mask_mode: MaskMode = None,
+    reg: Reg = None,
     set_: SetItems = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    lr: LearningRate = None,
-    batch_size: BatchSize = None,
-    data_dir: DataDir = None,
-    train_file: TrainFile = None,
-    validation_file: ValidationFile = None,
-    train_size: Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from each "
-                          "run's seed (low-resource setting).")] = None,
-    stratified: Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")] = False,
+    training: dict = None,  # --epochs ... --stratified: options.TRAINING
     case_study: Annotated[bool, typer.Option("--case-study", help="Also report easy/hard dev examples per "
                           "method over the seeds of its best config (case_study.json).")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Case study bar chart image (implies "
@@ -263,10 +243,8 @@ def sweep(
     spec_file = Path(model) if Path(model).suffix in (".yaml", ".yml") else None
     cli = {"model": None if spec_file else model, "task": task, "method": method, "grid": grid, "paired": paired,
            "grid_preset": grid_preset, "seeds": seeds, "seed_list": seed_list, "jobs": jobs,
-           "output_dir": output_dir, "preset": preset, "mask_mode": mask_mode, "reg": reg, "set": set_,
-           "epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "data_dir": data_dir,
-           "train_file": train_file, "validation_file": validation_file, "train_size": train_size,
-           "stratified": True if stratified else None, "case_study": True if case_study else None}
+           "output_dir": output_dir, "preset": preset, "mask_mode": mask_mode, "reg": reg, "set": set_, **training,
+           "case_study": True if case_study else None}
     spec = make_spec(cli, spec_file)
     if plot is not None:
         require_matplotlib()  # before hours of runs, not after

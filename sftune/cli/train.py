@@ -13,82 +13,32 @@ from rich.console import Console
 from sftune import trackers
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (
-    BatchSize,
-    DataDir,
-    Epochs,
-    Format,
-    LearningRate,
-    MaxSteps,
-    ReportTo,
-    Seed,
-    SetItems,
-    TrainFile,
-    ValidationFile,
-    check_format,
-    examples,
-    user_errors,
-)
+from sftune.cli.common import check_format, examples, user_errors
+from sftune.cli.options import Format, MaskMode, Method, PresetName, Reg, ReportTo, Seed, SetItems, training_options
 from sftune.cli.render import reporter_for, trainable_table
-from sftune.config import build, deep_merge, load_yaml, parse_reg, parse_set, refuse_remote_code, set_dotted
+from sftune.config import build, load_yaml, parse_set
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
 from sftune.engine.loop import Interrupted
 from sftune.errors import UsageError
-from sftune.presets import load_preset
-from sftune.registry import methods
 from sftune.run import default_output_dir, train_run
+from sftune.run_tree import config_options, training_tree
 from sftune.tasks import TASKS, get_task
 
 
-def _method_help() -> str:
-    return "Method: " + ", ".join(methods()) + ". See 'sftune methods'."
-
-
-def training_tree(model: str, task: str, method: str, preset: str | None, reg: list[str] | None,
-                  set_: list[str] | None, options: dict, base: dict | None = None) -> dict:
-    """The config tree of a training run: base <- preset (config, tasks[task]) <- options (dotted keys; None
-    means not given) <- --reg <- --set. Shared by `train` and `transfer`."""
-    tree: dict = deep_merge(base or {}, {"model": {"name": model}, "task": task, "method": {"name": method}})
-    if preset:
-        found = load_preset(preset)
-        found_tree = found.for_task(task, method)
-        refuse_remote_code(found_tree, f"preset {found.name}")
-        tree = deep_merge(tree, found_tree)
-        tree["preset"] = found.name
-    for key, value in options.items():
-        if value is not None:
-            set_dotted(tree, key, value)
-    if options.get("train.epochs") is not None and options.get("train.max_steps") is None:
-        tree.get("train", {}).pop("max_steps", None)  # an explicit --epochs beats a preset's fixed step count
-    if reg:
-        tree["regs"] = list(tree.get("regs") or []) + [parse_reg(r) for r in reg]
-    sets: dict = {}
-    for key, value in parse_set(set_ or []).items():
-        set_dotted(sets, key, value)
-        set_dotted(tree, key, value)
-    refuse_remote_code(sets, "--set")
-    return tree
-
-
-def _stored_tree(output_dir: Path | None, resume: bool, method: str | None, preset, reg, set_, cli: dict) -> dict:
-    """`sftune train --resume -o DIR`: the run's own config.yaml, with any options given again on top (the
-    resume then checks that they agree with it)."""
-    if not (resume and output_dir):
-        raise UsageError("missing MODEL and TASK. Give both (sftune train MODEL TASK ...), or continue a run "
-                         "with sftune train --resume --output-dir DIR.")
-    run_dir = RunDir(output_dir)
-    if not run_dir.config.is_file():
-        raise UsageError(f"--resume: {output_dir} has no config.yaml to resume from. Give MODEL and TASK to "
-                         "start a run there.")
-    stored = load_yaml(run_dir.config, what="run config")
+def _stored_tree(source: Path, where: str, method: str | None, preset: str | None, reg: list[str] | None,
+                 set_: list[str] | None, options: dict) -> dict:
+    """A resolved config.yaml (a run directory's for --resume, or --config FILE) with any options given again on
+    top (a resume then checks that they agree with the stored run)."""
+    stored = load_yaml(source, what="run config")
     name = (stored.get("method") or {}).get("name", "full")
     if method is not None and method != name:
-        raise UsageError(f"--resume: --method {method} differs from the stored run's method {name}. Resume "
-                         "without --method, or start a new --output-dir.")
-    if (stored.get("model") or {}).get("trust_remote_code") and not cli.get("model.trust_remote_code"):
-        raise UsageError(f"--resume: {output_dir} was trained with --trust-remote-code; pass it again to resume.")
+        raise UsageError(f"{where}: --method {method} differs from the stored run's method {name}. Leave "
+                         "--method out, or start a new --output-dir.")
+    if (stored.get("model") or {}).get("trust_remote_code") and not options.get("model.trust_remote_code"):
+        raise UsageError(f"{where}: {source} was trained with --trust-remote-code; pass it again to run it.")
     model = (stored.get("model") or {}).get("name", "")
-    return training_tree(model, str(stored.get("task", "")), name, preset, reg, set_, cli, base=stored)
+    return training_tree(model, str(stored.get("task", "")), name, preset=preset, options=options, regs=reg or [],
+                         sets=parse_set(set_ or []), base=stored)
 
 
 @app.command(help="Fine-tune MODEL on TASK (" + ", ".join(TASKS) + ") and write a run directory.",
@@ -100,32 +50,20 @@ def _stored_tree(output_dir: Path | None, resume: bool, method: str | None, pres
     "sftune train minilm rte --data-dir DIR -o runs/x --resume    # continue after Ctrl-C",
     "sftune train minilm rte --data-dir DIR --method bitfit --dry-run"))
 @user_errors
+@training_options
 def train(
     model: Annotated[str | None, typer.Argument(help="Hub id, local path, or 'minilm' (offline MiniLM weights). "
                      "Leave MODEL and TASK out with --resume -o DIR to continue from DIR/config.yaml.")] = None,
     task: Annotated[str | None, typer.Argument(help="GLUE task: " + ", ".join(TASKS) + ".")] = None,
-    method: Annotated[str | None, typer.Option("--method", "-m", help=_method_help() + " Default: full.")] = None,
-    mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad (reference: masks gradients, "
-                         "AdamW still moves unselected entries) or update (exact: only selected entries "
-                         "change).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Hyperparameter preset name or YAML "
-                      "path ('sftune presets ls').")] = None,
-    reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regulariser, repeatable: "
-                   "--reg mixout:p=0.3 --reg llrd:eta=0.9 (see 'sftune methods').")] = None,
+    method: Method = None,
+    mask_mode: MaskMode = None,
+    preset: PresetName = None,
+    reg: Reg = None,
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory "
                           "(default: runs/MODEL-TASK-METHOD-seedS).")] = None,
     seed: Seed = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    lr: LearningRate = None,
-    batch_size: BatchSize = None,
-    data_dir: DataDir = None,
-    train_file: TrainFile = None,
-    validation_file: ValidationFile = None,
-    train_size: Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from "
-                          "the seed (low-resource setting).")] = None,
-    stratified: Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")] = False,
+    training: dict = None,  # --epochs ... --stratified: options.TRAINING
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, print the trainable-parameter "
                        "table per module group, train nothing, write nothing.")] = False,
     format_: Format = "table",
@@ -139,21 +77,31 @@ def train(
                      "shares) into the run directory at the end (needs matplotlib).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the Python code that ships "
                                  "with the model (only for repositories you trust).")] = False,
+    config: Annotated[Path | None, typer.Option("--config", hidden=True, help="Start from a resolved config.yaml "
+                      "instead of MODEL and TASK (what a sweep's runs do).")] = None,
 ) -> None:
     check_format(format_)
-    cli = {"train.seed": seed, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
-           "train.batch_size": batch_size, "data.data_dir": data_dir, "data.train_file": train_file,
-           "data.validation_file": validation_file, "data.train_size": train_size, "method.mask_mode": mask_mode,
-           "data.stratified": True if stratified else None, "train.report_to": report_to,
-           "train.keep_checkpoint": True if keep_checkpoint else None, "train.plots": True if plots else None,
-           "model.trust_remote_code": True if trust_remote_code else None}
+    options = config_options(
+        seed=seed, **training, mask_mode=mask_mode, report_to=report_to, keep_checkpoint=keep_checkpoint or None,
+        plots=plots or None, trust_remote_code=trust_remote_code or None)
     if (model is None) != (task is None):
         raise UsageError("give both MODEL and TASK, or neither (sftune train --resume --output-dir DIR continues a "
                          "run from its config.yaml).")
-    if model is None:
-        tree = _stored_tree(output_dir, resume, method, preset, reg, set_, cli)
+    if config is not None:
+        if model is not None:
+            raise UsageError(f"--config {config}: the file names the model and task; leave MODEL and TASK out.")
+        tree = _stored_tree(config, f"--config {config}", method, preset, reg, set_, options)
+    elif model is None:
+        if not (resume and output_dir):
+            raise UsageError("missing MODEL and TASK. Give both (sftune train MODEL TASK ...), or continue a run "
+                             "with sftune train --resume --output-dir DIR.")
+        if not RunDir(output_dir).config.is_file():
+            raise UsageError(f"--resume: {output_dir} has no config.yaml to resume from. Give MODEL and TASK to "
+                             "start a run there.")
+        tree = _stored_tree(RunDir(output_dir).config, "--resume", method, preset, reg, set_, options)
     else:
-        tree = training_tree(model, get_task(task).name, method or "full", preset, reg, set_, cli)
+        tree = training_tree(model, get_task(task).name, method or "full", preset=preset, options=options,
+                             regs=reg or [], sets=parse_set(set_ or []))
     cfg = build(tree)
     model, task_name, method = cfg.model.name, cfg.task, cfg.method["name"]
     if cfg.model.trust_remote_code:

@@ -15,30 +15,30 @@ from rich.table import Table
 from sftune import transfer as tr
 from sftune.artifacts import RunDir
 from sftune.cli import app
-from sftune.cli.common import (
+from sftune.cli.common import check_format, examples, is_terminal, user_errors
+from sftune.cli.options import (
     BatchSize,
     DataDir,
     Epochs,
     Format,
     LearningRate,
+    MaskMode,
     MaxSteps,
+    Method,
+    PresetName,
+    Reg,
     Seed,
     SetItems,
     TrainFile,
     ValidationFile,
-    check_format,
-    examples,
-    is_terminal,
-    user_errors,
 )
 from sftune.cli.render import fmt, reporter_for
-from sftune.cli.train import training_tree
-from sftune.config import build
+from sftune.config import build, deep_merge, parse_set
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
 from sftune.engine.loop import Interrupted, Reporter
 from sftune.errors import UsageError, unknown
-from sftune.registry import methods
 from sftune.run import stored_config, train_run
+from sftune.run_tree import config_options, training_tree
 from sftune.tasks import TASKS
 
 DEFAULT_TRAIN_SIZE = 8000  # the reference code's stratified MNLI/SNLI subsample
@@ -86,13 +86,10 @@ def transfer(
     label_map: Annotated[list[str] | None, typer.Option("--label-map", help="Explicit mapping [TARGET:]SRC=DST,... "
                          "(repeatable), e.g. --label-map scitail:contradiction=neutral. Unlisted labels follow "
                          "the name rules.")] = None,
-    method: Annotated[str | None, typer.Option("--method", "-m", help="Method: " + ", ".join(methods())
-                      + " (default full).")] = None,
-    mask_mode: Annotated[str | None, typer.Option("--mask-mode", help="grad or update (as in 'sftune train').")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p",
-                                               help="Hyperparameter preset name or YAML path.")] = None,
-    reg: Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regulariser, repeatable: "
-                   "--reg mixout:p=0.3.")] = None,
+    method: Method = None,
+    mask_mode: MaskMode = None,
+    preset: PresetName = None,
+    reg: Reg = None,
     set_: SetItems = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: "
                           "runs/MODEL-SOURCE-METHOD-seedS-transfer); with a RUN_DIR, where transfer outputs go "
@@ -150,12 +147,14 @@ def transfer(
                           "The protocol trains on mnli, snli or sick.")
         if train_size is not None and train_size < 0:
             raise UsageError(f"--train-size {train_size}: give a positive count, or 0 for the whole training set.")
-        options = {"train.seed": seed, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
-                   "train.batch_size": batch_size, "data.data_dir": data_dir, "data.train_file": train_file,
-                   "data.validation_file": validation_file, "method.mask_mode": mask_mode,
-                   "data.train_size": "none" if train_size == 0 else train_size, "data.stratified": stratified}
+        options = config_options(
+            seed=seed, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, data_dir=data_dir,
+            train_file=train_file, validation_file=validation_file, mask_mode=mask_mode,
+            train_size="none" if train_size == 0 else train_size, stratified=stratified)
         base = {"data": {"train_size": DEFAULT_TRAIN_SIZE, "stratified": True}}
-        cfg = build(training_tree(model, task_name, method or "full", preset, reg, set_, options, base))
+        tree = training_tree(model, task_name, method or "full", preset=preset, options=options, regs=reg or [],
+                             sets=parse_set(set_ or []), base=base)
+        cfg = build(tree)
         data_dir = cfg.data.data_dir or os.environ.get("SFTUNE_DATA_DIR")
         stem = Path(cfg.model.name.rstrip("/")).name or "model"
         name = f"{stem}-{source_name}-{cfg.method['name']}-seed{cfg.train.seed}-transfer"
@@ -175,7 +174,8 @@ def transfer(
     if not reuse:
         if source_name == "snli" and not (cfg.data.train_file or cfg.data.validation_file):
             train_path, validation_path = tr.snli_source_files()
-            cfg.data.train_file, cfg.data.validation_file = str(train_path), str(validation_path)
+            cfg = build(deep_merge(tree, {"data": {"train_file": str(train_path),
+                                                   "validation_file": str(validation_path)}}))
         reporter = Reporter() if format_ == "json" else reporter_for(format_)
         try:
             results = train_run(cfg, run, reporter, resume=resume, overwrite=overwrite)

@@ -226,22 +226,15 @@ def split_sets(sets: dict[str, str], methods: list[str]) -> dict[str, dict[str, 
 
 def run_config(cell: Cell):
     """The RunConfig of a cell (validated by `sftune.config.build`; errors are UsageErrors)."""
-    from sftune.config import build, set_dotted
+    from sftune.config import build
+    from sftune.run_tree import training_tree
 
-    method: dict[str, Any] = {"name": cell.method, "mask_mode": cell.mask_mode,
-                              **PROFILE_METHOD_DEFAULTS.get(cell.method, {})}
-    tree: dict[str, Any] = {
-        "model": {"name": cell.model},
-        "task": cell.task,
-        "method": method,
-        "data": {"max_length": cell.seq_len},
-        "train": {"batch_size": cell.batch_size, "max_steps": 2 * cell.steps, "precision": PRECISIONS[cell.precision],
-                  "cpu": cell.cpu, "seed": cell.seed, "measure_changed": False, "log_every": 10**9,
-                  "grad_accum": 1},
-    }
-    for key, value in cell.sets.items():
-        set_dotted(tree, key, value)
-    return build(tree)
+    options = {"method.mask_mode": cell.mask_mode, "data.max_length": cell.seq_len,
+               "train.batch_size": cell.batch_size, "train.max_steps": 2 * cell.steps,
+               "train.precision": PRECISIONS[cell.precision], "train.cpu": cell.cpu, "train.seed": cell.seed,
+               "train.measure_changed": False, "train.log_every": 10**9, "train.grad_accum": 1}
+    base = {"method": dict(PROFILE_METHOD_DEFAULTS.get(cell.method, {}))}
+    return build(training_tree(cell.model, cell.task, cell.method, options=options, sets=cell.sets, base=base))
 
 
 # -------------------------------------------------------------------------------------------- failures

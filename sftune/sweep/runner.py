@@ -1,4 +1,6 @@
-"""Running a sweep: every run is an independent `sftune train` subprocess, J at a time.
+"""Running a sweep: every run is an independent `sftune train` subprocess, J at a time, started from the
+resolved configuration the planner validated (`OUTPUT_DIR/.sweep/configs/TASK__METHOD__SLUG__seed-S.yaml`,
+given to `sftune train --config`).
 
 What happens to a run depends only on its directory, so a sweep killed at any moment (even with SIGKILL)
 continues where it stopped when the same command runs again:
@@ -28,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftune.artifacts import RunDir
-from sftune.config import build, load_yaml
+from sftune.artifacts import RunDir, atomic_write_text
+from sftune.config import build, dump_yaml, load_yaml
 from sftune.errors import UsageError
 from sftune.run import config_differences
-from sftune.sweep.spec import Run
+from sftune.sweep.plan import Run
 
 try:
     import fcntl
@@ -238,12 +240,17 @@ class Runner:
             self.on_event("waiting", o)
         return False
 
+    def _config_file(self, o: Outcome) -> Path:
+        return self.out / ".sweep" / "configs" / f"{self._flat(o)}.yaml"
+
     def command(self, o: Outcome, action: str) -> list[str]:
         flag = {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(action, [])
-        return [sys.executable, "-m", "sftune", "train", *o.run.args, "--output-dir", str(self._dir(o).path),
-                "--format", "json", *flag]
+        return [sys.executable, "-m", "sftune", "train", "--config", str(self._config_file(o)), "--output-dir",
+                str(self._dir(o).path), "--format", "json", *flag]
 
     def _start(self, o: Outcome, action: str, slot: int) -> None:
+        # The child trains from the configuration the planner built and validated, not from re-parsed options.
+        atomic_write_text(self._config_file(o), dump_yaml(o.run.config))
         cmd = self.command(o, action)
         o.log = self.out / ".sweep" / "logs" / f"{self._flat(o)}.log"
         o.log.parent.mkdir(parents=True, exist_ok=True)

@@ -1,56 +1,29 @@
-"""A sweep's specification and its expansion into runs: methods x grid assignments x seeds.
+"""A sweep's specification: methods, grid axes, seeds and the options every run shares.
 
 The same specification comes from command-line options, a YAML file (`sftune sweep spec.yaml`) or both
 (command-line values win; lists such as grids, `--set` and `--reg` add to the file's). Grid presets
 (`presets/grids/NAME.yaml`) contribute grid axes first, so a file or `--grid` can replace one of their keys.
-
-Every run is validated up front with `sftune.config.build` (a typo fails before anything runs) and named
-deterministically (see `Run.rel`):
-
-    OUTPUT_DIR/TASK/METHOD/SLUG/seed-S        e.g. sweeps/x/rte/dps-mix/p=0.3,ur=0.1/seed-1
-
-SLUG is `key=value` for each grid key that applies to the method, in the order the grid gives them,
-joined by commas (`default` with no grid). A key is its last dotted part (`train.lr` -> `lr`; `reg.mixout.p`
--> `mixout.p`), or the full key where two keys would share it. A value is the resolved, typed value
-(`2e-5`, `0.00002` and `2.0e-05` all give `lr=2e-05`). Characters outside `A-Za-z0-9._+=,-` become `_`;
-a slug longer than 64 characters is cut and ends with 8 hex digits of its SHA-1.
-
-A `method.X` key (in a grid or `--set`) applies only to the sweep's methods that have option X; a key that
-none of them has is an error. `reg.NAME.OPTION` grid keys add the regulariser NAME to every run.
+`sftune.sweep.plan` expands a specification into its runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftune.config import build, deep_merge, parse_reg, parse_set, refuse_remote_code, set_dotted
+from sftune.config import parse_reg, parse_set
 from sftune.errors import UsageError, did_you_mean, unknown
 
-# Options of `sftune train` a sweep passes through: spec key -> (train flag, config key).
-TRAIN_OPTIONS: dict[str, tuple[str, str]] = {
-    "epochs": ("--epochs", "train.epochs"),
-    "max_steps": ("--max-steps", "train.max_steps"),
-    "lr": ("--lr", "train.lr"),
-    "batch_size": ("--batch-size", "train.batch_size"),
-    "data_dir": ("--data-dir", "data.data_dir"),
-    "train_file": ("--train-file", "data.train_file"),
-    "validation_file": ("--validation-file", "data.validation_file"),
-    "train_size": ("--train-size", "data.train_size"),
-    "stratified": ("--stratified", "data.stratified"),
-}
+# Options of `sftune train` a sweep passes to every run (their flags and config keys: sftune.run_tree.OPTIONS).
+TRAIN_OPTIONS = ("epochs", "max_steps", "lr", "batch_size", "data_dir", "train_file", "validation_file", "train_size",
+                 "stratified")
 SPEC_KEYS = ("model", "task", "method", "preset", "mask_mode", "grid", "paired", "grid_preset", "seeds",
              "seed_list", "jobs", "output_dir", "reg", "set", "case_study", *TRAIN_OPTIONS)
 FORBIDDEN = {"train.seed": "the sweep sets the seed: use --seeds N or --seed-list",
              "task": "give the task as the TASK argument", "model.name": "give the model as the MODEL argument",
              "method.name": "use --method a,b,c"}
 DEFAULT_SEEDS = 3
-SLUG_MAX = 64
 
 
 @dataclass
@@ -71,7 +44,7 @@ class SweepSpec:
     output_dir: Path
     preset: str | None = None
     mask_mode: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # TRAIN_OPTIONS keys -> value
+    options: dict[str, Any] = field(default_factory=dict)  # TRAIN_OPTIONS names -> value (None: not given)
     regs: list[str] = field(default_factory=list)  # `--reg` texts
     sets: list[tuple[str, str]] = field(default_factory=list)  # fixed `--set` items
     jobs: int = 1
@@ -98,22 +71,6 @@ class SweepSpec:
         if self.case_study:
             out["case_study"] = True
         return out
-
-
-@dataclass
-class Run:
-    method: str
-    params: list[tuple[str, str]]  # the grid assignment that applies to this method: (dotted key, value text)
-    labels: dict[str, str]  # short key -> resolved value, as in the slug
-    seed: int
-    slug: str
-    rel: Path  # TASK/METHOD/SLUG/seed-S, relative to the output directory
-    config: dict  # the resolved configuration (RunConfig.to_dict()) the run will write to config.yaml
-    args: list[str]  # `sftune train` arguments, without --output-dir, --format, --resume/--overwrite
-
-    @property
-    def config_id(self) -> tuple[str, str]:
-        return self.method, self.slug
 
 
 # -------------------------------------------------------------------------------------------- grid presets
@@ -337,171 +294,3 @@ def _reg_text(entry: dict) -> str:
     entry = dict(entry)
     name = entry.pop("name", "")
     return f"{name}:" + ",".join(f"{k}={text(v)}" for k, v in entry.items()) if entry else str(name)
-
-
-# ------------------------------------------------------------------------------------------------ expansion
-def method_options(methods: list[str]) -> dict[str, set[str]]:
-    from sftune.registry import get_method
-
-    return {m: {f.name for f in dataclasses.fields(get_method(m).Options)} for m in methods}
-
-
-def _applies(key: str, method: str, options: dict[str, set[str]]) -> bool:
-    if not key.startswith("method.") or key == "method.mask_mode":
-        return True
-    name = key.split(".", 1)[1]
-    if not any(name in opts for opts in options.values()):
-        return True  # nobody has it: let build() report the unknown key with its did-you-mean
-    return name in options[method]
-
-
-def assignments(spec: SweepSpec, method: str, options: dict[str, set[str]]) -> list[list[tuple[str, str]]]:
-    """The grid points for `method`: the product of the axes, restricted to the keys that apply to it."""
-    dims = []
-    for axis in spec.axes:
-        idx = [i for i, k in enumerate(axis.keys) if _applies(k, method, options)]
-        if not idx:
-            continue
-        values = list(dict.fromkeys(tuple(v[i] for i in idx) for v in axis.values))
-        dims.append([[(axis.keys[i], v[j]) for j, i in enumerate(idx)] for v in values])
-    return [[kv for part in combo for kv in part] for combo in itertools.product(*dims)]
-
-
-def short_keys(keys: list[str]) -> dict[str, str]:
-    def short(k: str) -> str:
-        parts = k.split(".")
-        return ".".join(parts[1:]) if parts[0] == "reg" else parts[-1]
-
-    shorts = [short(k) for k in keys]
-    return {k: (s if shorts.count(s) == 1 else k) for k, s in zip(keys, shorts)}
-
-
-def label_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "+".join(label_value(v) for v in value)
-    return str(value)
-
-
-def lookup(config: dict, key: str) -> Any:
-    parts = key.split(".")
-    if parts[0] == "reg":
-        entry = next((r for r in config.get("regs", []) if r.get("name") == parts[1]), {})
-        return entry.get(parts[2])
-    node: Any = config
-    for part in parts:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def make_slug(labels: dict[str, str]) -> str:
-    if not labels:
-        return "default"
-    slug = re.sub(r"[^A-Za-z0-9._+=,-]", "_", ",".join(f"{k}={v}" for k, v in labels.items()))
-    if len(slug) > SLUG_MAX:
-        slug = slug[: SLUG_MAX - 9] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
-    return slug
-
-
-class Planner:
-    """Builds the config tree of one run exactly as `sftune train` builds it from the same arguments."""
-
-    def __init__(self, spec: SweepSpec):
-        from sftune.presets import load_preset
-
-        self.spec = spec
-        self.preset = load_preset(spec.preset) if spec.preset else None
-        self.options = method_options(spec.methods)
-
-    def tree(self, method: str, params: list[tuple[str, str]], seed: int) -> dict:
-        s = self.spec
-        tree: dict = {"model": {"name": s.model}, "task": s.task, "method": {"name": method}}
-        if self.preset:
-            preset_tree = self.preset.for_task(s.task, method)
-            refuse_remote_code(preset_tree, f"preset {self.preset.name}")
-            tree = deep_merge(tree, preset_tree)
-            tree["preset"] = self.preset.name
-        for key, value in s.options.items():
-            if key == "stratified":
-                if value:
-                    set_dotted(tree, "data.stratified", True)
-            elif value is not None:
-                set_dotted(tree, TRAIN_OPTIONS[key][1], text(value))
-        set_dotted(tree, "train.seed", seed)
-        if s.mask_mode:
-            set_dotted(tree, "method.mask_mode", s.mask_mode)
-        if s.options.get("epochs") is not None and s.options.get("max_steps") is None:
-            tree["train"].pop("max_steps", None)  # as `train`: an explicit --epochs beats a preset's steps
-        regs = [parse_reg(r) for r in self.all_regs(params)]
-        if regs:
-            tree["regs"] = list(tree.get("regs") or []) + regs
-        sets: dict = {}
-        for key, value in self.all_sets(method, params):
-            set_dotted(sets, key, value)
-            set_dotted(tree, key, value)
-        refuse_remote_code(sets, "the sweep's set/grid entries")
-        return tree
-
-    def all_sets(self, method: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        fixed = [(k, v) for k, v in self.spec.sets if _applies(k, method, self.options)]
-        return fixed + [(k, v) for k, v in params if not k.startswith("reg.")]
-
-    def all_regs(self, params: list[tuple[str, str]]) -> list[str]:
-        grid: dict[str, list[str]] = {}
-        for key, value in params:
-            if key.startswith("reg."):
-                _, name, opt = key.split(".")
-                if "," in value:
-                    raise UsageError(f"grid value '{value}' for {key}: regulariser values cannot hold commas.")
-                grid.setdefault(name, []).append(f"{opt}={value}")
-        return list(self.spec.regs) + [f"{name}:{','.join(items)}" for name, items in grid.items()]
-
-    def args(self, method: str, params: list[tuple[str, str]], seed: int) -> list[str]:
-        s = self.spec
-        args = [s.model, s.task, "--method", method]
-        if s.preset:
-            args += ["--preset", s.preset]
-        if s.mask_mode:
-            args += ["--mask-mode", s.mask_mode]
-        for key, value in s.options.items():
-            if key == "stratified":
-                args += ["--stratified"] if value else []
-            elif value is not None:
-                args += [TRAIN_OPTIONS[key][0], text(value)]
-        for r in self.all_regs(params):
-            args += ["--reg", r]
-        for key, value in self.all_sets(method, params):
-            args += ["--set", f"{key}={value}"]
-        return args + ["--seed", str(seed)]
-
-
-def expand(spec: SweepSpec) -> list[Run]:
-    """Every run of the sweep, validated (first problem -> UsageError, exit 2) and named."""
-    planner = Planner(spec)
-    for key, _ in spec.sets:
-        if key.startswith("reg."):
-            raise UsageError(f"--set '{key}': regulariser options go in --reg NAME:OPTION=VALUE (or a grid).")
-    shorts = short_keys(list(dict.fromkeys(k for a in spec.axes for k in a.keys)))
-    runs: list[Run] = []
-    seen: set[Path] = set()
-    for method in spec.methods:
-        for params in assignments(spec, method, planner.options):
-            for seed in spec.seeds:
-                try:
-                    cfg = build(planner.tree(method, params, seed)).to_dict()
-                except UsageError as e:
-                    given = ",".join(f"{k}={v}" for k, v in params) or "no grid values"
-                    raise UsageError(f"{method} with {given}: {e}") from None
-                labels = {shorts[k]: label_value(lookup(cfg, k)) for k, _ in params}
-                slug = make_slug(labels)
-                rel = Path(spec.task) / method / slug / f"seed-{seed}"
-                if rel in seen:
-                    raise UsageError(f"two grid points resolve to the same run {rel}; remove the duplicate value.")
-                seen.add(rel)
-                runs.append(Run(method, params, labels, seed, slug, rel, cfg, planner.args(method, params, seed)))
-    return runs
