@@ -29,6 +29,9 @@ and, when the run ends (sftune.run), for every plugin:
 
 The method alone (not regularisers) also has, read by the loop, the run and the memory profiler:
 
+    own_optimizer(groups, lr, betas, eps, fused) -> Optimizer | None   the optimizer its updates need, built
+                                 from the AdamW settings (masked methods in update mode: MaskedAdamW);
+                                 None = the standard AdamW
     selects_per_step             class flag: a new selection every step (the live table shows its share)
     selected_counts() -> dict | None   entries selected in the last step per parameter; None = every
                                  trainable entry (dense)
@@ -191,6 +194,10 @@ class Method(Plugin):
 
     def trainable(self, name: str, param: nn.Parameter) -> bool | None:
         return True
+
+    def own_optimizer(self, groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
+                      fused: bool) -> torch.optim.Optimizer | None:
+        return None
 
     def selected_counts(self) -> dict[str, torch.Tensor | int] | None:
         return None
