@@ -32,7 +32,7 @@ from sftune.engine.progress import Interrupted, Reporter, TrainerState
 from sftune.engine.sparsity import SparsityMeter
 from sftune.engine.timing import NullTimer
 from sftune.errors import UsageError
-from sftune.methods.base import Hooks, RunContext
+from sftune.methods.base import Hooks, RunContext, changes_gradients
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
 from sftune.registry import get_method, get_regularizer
 from sftune.tasks import get_task
@@ -413,7 +413,3 @@ class Trainer:
     def final_predictions(self) -> dict[str, list[dict]]:
         return self._predictions
 
-
-def changes_gradients(plugin: Hooks) -> bool:
-    """Whether the plug-in's after_backward may change the gradients (any override of the no-op may)."""
-    return type(plugin).after_backward is not Hooks.after_backward

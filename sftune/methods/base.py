@@ -159,6 +159,12 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 
 
+def changes_gradients(plugin: Hooks) -> bool:
+    """Whether the plug-in's after_backward may change the gradients: any override of the no-op may. (The loop
+    then computes the clipping norm again instead of reusing the divergence guard's.)"""
+    return type(plugin).after_backward is not Hooks.after_backward
+
+
 class Plugin(Hooks):
     """A registered plug-in with options: a method or a regulariser."""
 
