@@ -1,6 +1,6 @@
 """The training loop: accelerate for devices, mixed precision and accumulation; plugins for the methods.
 
-    build()              make_accelerator -> build_data (splits, subsample, encoding, loaders, step count)
+    build()              accelerator -> build_data (splits, subsample, encoding, loaders, step count)
                          -> build_model_and_plugins (seed, model, plug-ins: setup, after_setup, trainable)
                          -> build_optimizer (param groups, optimizer, schedule, accelerate, on_optimizer)
     train()              for each micro-batch: forward_backward; at the end of each accumulation, optimizer_step;
@@ -24,14 +24,13 @@ from sftune.artifacts import RunDir
 from sftune.config import RunConfig
 from sftune.data import HELDOUT, carve_validation, load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sftune.engine.distributed import MaskCheck
+from sftune.engine.distributed import MaskCheck, make_accelerator
 from sftune.engine.evaluation import evaluate_classifier
 from sftune.engine.guard import NonFiniteGuard
 from sftune.engine.optim import build_scheduler, make_optimizer, merge_groups, param_groups, total_steps
 from sftune.engine.progress import Interrupted, Reporter, TrainerState
 from sftune.engine.sparsity import SparsityMeter
 from sftune.engine.timing import NullTimer
-from sftune.errors import UsageError
 from sftune.methods.base import Hooks, RunContext, changes_gradients
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
 from sftune.registry import get_method, get_regularizer
@@ -63,28 +62,13 @@ class Trainer:
     def build(self, need_train: bool = True) -> None:
         """Everything a run needs: the data, then the model with its plug-ins, then the optimizer. Without
         training data (`sftune eval`) only the evaluation sets and the model, prepared by accelerate."""
-        self.accelerator = self.make_accelerator(need_train)
+        self.accelerator = make_accelerator(self.cfg.train, need_train)
         self.build_data(need_train)
         self.build_model_and_plugins(need_train)
         if need_train:
             self.build_optimizer()
         else:
             self.model = self.accelerator.prepare(self.model)
-
-    def make_accelerator(self, need_train: bool):
-        from accelerate import Accelerator, DataLoaderConfiguration
-
-        tcfg = self.cfg.train
-        # split_batches: batch_size is the global batch whatever the number of processes, so a run on N
-        # processes takes the same optimizer steps as on one (and its masks come from the same gradients).
-        accelerator = Accelerator(mixed_precision=tcfg.precision, cpu=tcfg.cpu,
-                                  gradient_accumulation_steps=tcfg.grad_accum,
-                                  dataloader_config=DataLoaderConfiguration(split_batches=True))
-        world = accelerator.num_processes
-        if need_train and (tcfg.batch_size // tcfg.grad_accum) % world:
-            raise UsageError(f"train.batch_size / train.grad_accum = {tcfg.batch_size // tcfg.grad_accum} must be "
-                             f"divisible by the {world} processes (each takes an equal share of every batch).")
-        return accelerator
 
     def build_data(self, need_train: bool) -> None:
         """Tokenizer, splits (held-out part carved, then the subsample), encoded sets and their loaders."""
