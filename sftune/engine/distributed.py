@@ -1,4 +1,5 @@
-"""Multi-process helpers: every rank must select the same subnetwork every step.
+"""Multi-process helpers: the run's Accelerator, and the check that every rank selects the same subnetwork
+every step.
 
 Masks are computed on each rank from the all-reduced gradients with identically seeded generators, so they
 agree by construction; `MaskCheck` verifies it cheaply. A step's masks are reduced to a small hash (per
@@ -15,7 +16,24 @@ from pathlib import Path
 
 import torch
 
+from sftune.config import TrainConfig
+from sftune.errors import UsageError
+
 _PRIME = 2_147_483_629  # keeps the checksum in int64 range
+
+
+def make_accelerator(cfg: TrainConfig, need_train: bool):
+    """The run's Accelerator. split_batches: batch_size is the global batch whatever the number of processes, so a
+    run on N processes takes the same optimizer steps as on one (and its masks come from the same gradients)."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    micro, world = cfg.batch_size // cfg.grad_accum, accelerator.num_processes
+    if need_train and micro % world:
+        raise UsageError(f"train.batch_size / train.grad_accum = {micro} must be divisible by the {world} processes "
+                         "(each takes an equal share of every batch).")
+    return accelerator
 
 
 def mask_hash(mask: torch.Tensor) -> torch.Tensor:

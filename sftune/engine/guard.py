@@ -28,11 +28,10 @@ class Diverged(Exception):
         return {"step": self.step, "what": self.what, "value": str(self.value)}
 
 
-def grad_norm(params: list[torch.Tensor]) -> float:
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The total L2 norm of the gradients, as clip_grad_norm_ computes it; None when there are none."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    return float(torch.nn.utils.get_total_norm(grads))
+    return torch.nn.utils.get_total_norm(grads) if grads else None
 
 
 class NonFiniteGuard:
@@ -45,6 +44,9 @@ class NonFiniteGuard:
         self.mode, self.check_grads = mode, check_grads
         self.skipped = 0
         self._bad_loss: float | None = None  # the first non-finite micro-batch loss of the current step
+        # The norm step_ok checked (None: not computed). Until a plug-in changes the gradients it is also the
+        # norm clipping needs: the loop reuses it instead of a second pass over every gradient.
+        self.grad_norm: torch.Tensor | None = None
 
     def note_loss(self, value: float) -> None:
         if self._bad_loss is None and not math.isfinite(value):
@@ -52,10 +54,13 @@ class NonFiniteGuard:
 
     def step_ok(self, step: int, params: list[torch.Tensor]) -> bool:
         """After backward (gradients unscaled, before any plugin reads them): False means skip this step."""
-        bad, self._bad_loss = self._bad_loss, None
+        bad, self._bad_loss, self.grad_norm = self._bad_loss, None, None
         if bad is not None:
             return self._refuse(step, "the loss", bad)
-        norm = grad_norm(params) if self.check_grads else 0.0
+        if not self.check_grads:
+            return True
+        self.grad_norm = grad_norm(params)
+        norm = 0.0 if self.grad_norm is None else float(self.grad_norm)
         if not math.isfinite(norm):
             return self._refuse(step, "the gradient norm", norm)
         return True

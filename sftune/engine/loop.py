@@ -1,11 +1,13 @@
 """The training loop: accelerate for devices, mixed precision and accumulation; plugins for the methods.
 
-    build()   seed -> tokenizer -> model -> data -> setup (method, regs) -> after_setup (scoring passes)
-              -> trainable -> optimizer -> schedule
-    train()   for each optimizer step: before_forward, forward, extra_loss, backward (accumulated);
-              unscale; after_backward (masks); clip; after_clip (Child-Tuning's masks); optimizer step
-              (or a plugin's); schedule; after_step;
-              log, evaluate, checkpoint
+    build()              accelerator -> build_data (splits, subsample, encoding, loaders, step count)
+                         -> build_model_and_plugins (seed, model, plug-ins: setup, after_setup, trainable)
+                         -> build_optimizer (param groups, optimizer, schedule, accelerate, on_optimizer)
+    train()              for each micro-batch: forward_backward; at the end of each accumulation, optimizer_step;
+                         then log, evaluate, checkpoint
+    forward_backward()   before_forward, forward, extra_loss, backward
+    optimizer_step()     unscale; the guard; after_backward (masks); clip; after_clip (Child-Tuning's masks);
+                         the optimizer step (or a plugin's); schedule; after_step
 """
 
 from __future__ import annotations
@@ -13,51 +15,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sftune import causal_lm, lm_data
-from sftune import metrics as metric_fns
 from sftune.artifacts import RunDir
 from sftune.config import RunConfig
 from sftune.data import HELDOUT, carve_validation, load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sftune.engine.distributed import MaskCheck
+from sftune.engine.distributed import MaskCheck, make_accelerator
+from sftune.engine.evaluation import evaluate_classifier
 from sftune.engine.guard import NonFiniteGuard
-from sftune.engine.optim import build_optimizer, build_scheduler, merge_groups, param_groups, total_steps
+from sftune.engine.optim import build_scheduler, make_optimizer, merge_groups, param_groups, total_steps
+from sftune.engine.progress import Interrupted, Reporter, TrainerState
 from sftune.engine.sparsity import SparsityMeter
 from sftune.engine.timing import NullTimer
-from sftune.errors import UsageError
-from sftune.methods.base import Hooks, RunContext
+from sftune.methods.base import Hooks, RunContext, changes_gradients
 from sftune.models import group_of_params, head_prefixes, load_model, load_tokenizer, trainable_table
 from sftune.registry import get_method, get_regularizer
 from sftune.tasks import get_task
-
-
-class Reporter:
-    """Receives progress; the CLI renders it (Rich table, plain lines or nothing)."""
-
-    def start(self, info: dict) -> None: ...
-    def step(self, progress: dict) -> None: ...  # every optimizer step: step, loss since the last log, lr
-    def evaluating(self, step: int) -> None: ...  # an evaluation begins (its record follows through log)
-    def log(self, record: dict) -> None: ...
-    def finish(self, results: dict) -> None: ...
-
-
-@dataclass
-class TrainerState:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
-    examples: int = 0
-    train_seconds: float = 0.0
-    last_eval: dict = field(default_factory=dict)
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C after a checkpoint was written."""
 
 
 def set_seed(seed: int) -> None:
@@ -75,24 +52,27 @@ class Trainer:
         self.extra_plugins = list(extra_plugins or [])
         self.state = TrainerState()
         self.phases = NullTimer()  # the profiler swaps in a PhaseTimer
+        # What build() and train() fill in that info(), run.py and final_predictions read either way.
+        self.n_train = self.total_steps = self.steps_per_epoch = 0
+        self.train_subset_md5: str | None = None
+        self.plugins: list[Hooks] = []
+        self._predictions: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------------------------------- build
     def build(self, need_train: bool = True) -> None:
-        from accelerate import Accelerator
+        """Everything a run needs: the data, then the model with its plug-ins, then the optimizer. Without
+        training data (`sftune eval`) only the evaluation sets and the model, prepared by accelerate."""
+        self.accelerator = make_accelerator(self.cfg.train, need_train)
+        self.build_data(need_train)
+        self.build_model_and_plugins(need_train)
+        if need_train:
+            self.build_optimizer()
+        else:
+            self.model = self.accelerator.prepare(self.model)
 
-        cfg, task = self.cfg, self.task
-        tcfg = cfg.train
-        from accelerate import DataLoaderConfiguration
-
-        # split_batches: batch_size is the global batch whatever the number of processes, so a run on N
-        # processes takes the same optimizer steps as on one (and its masks come from the same gradients).
-        self.accelerator = Accelerator(mixed_precision=tcfg.precision, cpu=tcfg.cpu,
-                                       gradient_accumulation_steps=tcfg.grad_accum,
-                                       dataloader_config=DataLoaderConfiguration(split_batches=True))
-        world = self.accelerator.num_processes
-        if need_train and (tcfg.batch_size // tcfg.grad_accum) % world:
-            raise UsageError(f"train.batch_size / train.grad_accum = {tcfg.batch_size // tcfg.grad_accum} must be "
-                             f"divisible by the {world} processes (each takes an equal share of every batch).")
+    def build_data(self, need_train: bool) -> None:
+        """Tokenizer, splits (held-out part carved, then the subsample), encoded sets and their loaders."""
+        cfg, task, tcfg = self.cfg, self.task, self.cfg.train
         self.tokenizer = self.make_tokenizer()
         self.splits = self.read_data(need_train)
         train = self.splits.train
@@ -104,25 +84,27 @@ class Trainer:
             self.train_subset_md5 = hashlib.md5(",".join(map(str, train["idx"])).encode()).hexdigest()
         self.n_train = len(train) if train is not None else 0
         self.eval_sets = {s: self.encode(d) for s, d in self.splits.evals.items()}
-        self.eval_raw = self.splits.evals
-        # Seed right before the model is built: the new head's initial weights come from this RNG.
-        set_seed(tcfg.seed)
+        self.eval_loaders = {s: self.loader(d, cfg.data.eval_batch_size) for s, d in self.eval_sets.items()}
+        if need_train:
+            self.train_set = self.encode(train)
+            self.train_loader = self.loader(self.train_set, tcfg.batch_size // tcfg.grad_accum,
+                                            shuffle_seed=tcfg.seed)
+            self.total_steps, self.steps_per_epoch = total_steps(tcfg, self.n_train)
+
+    def build_model_and_plugins(self, need_train: bool) -> None:
+        """The model (seeded: the new head's weights come from this RNG) and the plug-ins, set up on it."""
+        cfg = self.cfg
+        set_seed(cfg.train.seed)
         self.model = self.make_model()
         self.groups = group_of_params(self.model)
         self.method = get_method(cfg.method["name"]).from_config(cfg.method)
         regs = [get_regularizer(r["name"]).from_config(r) for r in cfg.regs]
-        self.plugins: list[Hooks] = [self.method, *regs, *self.extra_plugins]
-        self.eval_loaders = {s: self.loader(d, cfg.data.eval_batch_size) for s, d in self.eval_sets.items()}
+        self.plugins = [self.method, *regs, *self.extra_plugins]
         if not need_train:
-            self.model = self.accelerator.prepare(self.model)
             return
-        micro = tcfg.batch_size // tcfg.grad_accum
-        self.train_set = self.encode(train)
-        loader = self.loader(self.train_set, micro, shuffle_seed=tcfg.seed)
-        self.total_steps, self.steps_per_epoch = total_steps(tcfg, self.n_train)
         self.model.to(self.accelerator.device)
-        ctx = RunContext(model=self.model, task=task, config=cfg, accelerator=self.accelerator,
-                         train_loader=loader, total_steps=self.total_steps, groups=self.groups,
+        ctx = RunContext(model=self.model, task=self.task, config=cfg, accelerator=self.accelerator,
+                         train_loader=self.train_loader, total_steps=self.total_steps, groups=self.groups,
                          head=head_prefixes(self.model))
         for plugin in self.plugins:
             plugin.setup(ctx)
@@ -133,20 +115,27 @@ class Trainer:
         for name, p in self.model.named_parameters():
             votes = [v for v in (pl.trainable(name, p) for pl in self.plugins) if v is not None]
             p.requires_grad_(all(votes) if votes else True)
+
+    def build_optimizer(self) -> None:
+        """Parameter groups (plug-ins adjust them), the optimizer (the method's own, or AdamW), the schedule;
+        then accelerate wraps model, optimizer and loaders, and the plug-ins get the optimizer."""
+        tcfg = self.cfg.train
         groups = param_groups(self.model, self.groups, tcfg)
         for plugin in self.plugins:
             groups = plugin.param_groups(groups)
-        optimizer = build_optimizer(merge_groups(groups), tcfg, cfg.method["mask_mode"])
+        optimizer = make_optimizer(merge_groups(groups), tcfg, self.method)
         # The scheduler steps once per optimizer step, by us: accelerate's wrapper would step it once per
         # process, which changes the schedule under data parallelism.
         self.scheduler = build_scheduler(optimizer, tcfg, self.total_steps)
         self.model, self.optimizer, self.train_loader, *loaders = self.accelerator.prepare(
-            self.model, optimizer, loader, *self.eval_loaders.values())
+            self.model, optimizer, self.train_loader, *self.eval_loaders.values())
         self.eval_loaders = dict(zip(self.eval_loaders, loaders))
         for plugin in self.plugins:
             plugin.on_optimizer(self.optimizer)  # the object optimizer_step gets too (methods/base.py)
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         self.guard = NonFiniteGuard(tcfg.nonfinite, check_grads=tcfg.precision != "fp16")
+        # The guard's gradient norm is the clip's too when no plug-in can change the gradients between them.
+        self.clip_reuses_guard_norm = self.guard.check_grads and not any(map(changes_gradients, self.plugins))
         self.meter = SparsityMeter(self.accelerator.unwrap_model(self.model), self.groups)
         self.mask_check = MaskCheck(self.accelerator, tcfg.check_masks, tcfg.mask_hash_log)
 
@@ -197,7 +186,7 @@ class Trainer:
         table = trainable_table(self.accelerator.unwrap_model(self.model))
         return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method["name"],
                 "mask_mode": self.cfg.method["mask_mode"], "n_train": self.n_train,
-                "total_steps": getattr(self, "total_steps", 0), "steps_per_epoch": getattr(self, "steps_per_epoch", 0),
+                "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
                 "trainable": table, "selects_per_step": self.method.selects_per_step,
                 "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets),
                 "main_metric": self.task.main_metric}
@@ -227,7 +216,7 @@ class Trainer:
         window = {"loss": 0.0, "n": 0, "examples": 0, "t": time.perf_counter()}
         try:
             while st.step < self.total_steps:
-                _set_epoch(self.train_loader, st.epoch)
+                self.train_loader.set_epoch(st.epoch)  # accelerate's loader hands it to the EpochSampler
                 loader = self.train_loader
                 if st.batches_in_epoch:  # resuming mid-epoch: same order, skip what was consumed
                     loader = acc.skip_first_batches(self.train_loader, st.batches_in_epoch)
@@ -273,68 +262,83 @@ class Trainer:
         return step % self.cfg.train.log_every == 0 or step == self.total_steps
 
     def _micro_step(self, batch: dict, window: dict) -> bool:
-        """One forward/backward; returns True when it completed an optimizer step."""
-        acc, st = self.accelerator, self.state
-        batch = dict(batch)
-        batch.pop("idx", None)
-        step = st.step + 1
-        timer = self.phases
-        with acc.accumulate(self.model):
-            with timer("hooks"):  # stage switches, mask draws: timed apart from the model's forward
-                for plugin in self.plugins:
-                    plugin.before_forward(step)
-            with timer("forward"):
-                outputs = self.model(**batch)
-                loss = outputs.loss
-            with timer("extra_loss"):
-                for plugin in self.plugins:
-                    extra = plugin.extra_loss(self.model, batch, outputs)
-                    if extra is not None:
-                        loss = loss + extra
-            with timer("backward"):
-                acc.backward(loss)
-            loss_value = loss.detach().float().item()
-            self.guard.note_loss(loss_value)
-            window["loss"] += loss_value
-            window["n"] += 1
-            window["examples"] += batch["input_ids"].shape[0]
-            if not acc.sync_gradients:
-                return False
-            with timer("selection"):
-                acc.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
-                if not self.guard.step_ok(step, self.trainable_params):  # stops, or skips the step:
-                    return self._skip_step()  # non-finite gradients never reach a selector or the optimizer
-                for plugin in self.plugins:
-                    plugin.after_backward(step)
-            measure = self.cfg.train.measure_changed and self._is_log_step(step)
-            if measure:
-                self.meter.take_snapshot()
-            with timer("optimizer"):
-                if self.cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.trainable_params, self.cfg.train.max_grad_norm)
-            with timer("selection"):
-                for plugin in self.plugins:  # masks of references that clip the full gradient first
-                    plugin.after_clip(step)
-                if self.mask_check.active:  # per-parameter masks are derived on demand: only if checked
-                    self.mask_check.check(step, self.method.masks)
-            with timer("optimizer"):
-                if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
-                    self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            if measure:
-                self.meter.measure_changed()
-            with timer("selection"):
-                for plugin in self.plugins:
-                    plugin.after_step(step)
-            timer.end_step()
+        """One micro-batch; returns True when it completed an optimizer step (taken, or skipped by the guard)."""
+        step = self.state.step + 1
+        with self.accelerator.accumulate(self.model):
+            self.forward_backward(batch, step, window)
+            if not self.accelerator.sync_gradients:
+                return False  # accumulating: the optimizer step comes with a later micro-batch
+            self.optimizer_step(step)
         return True
 
-    def _skip_step(self) -> bool:
+    def forward_backward(self, batch: dict, step: int, window: dict) -> None:
+        """Forward (plus the plug-ins' loss terms) and backward of one micro-batch; its loss goes to `window`."""
+        timer = self.phases
+        batch = dict(batch)
+        batch.pop("idx", None)
+        with timer("hooks"):  # stage switches, mask draws: timed apart from the model's forward
+            for plugin in self.plugins:
+                plugin.before_forward(step)
+        with timer("forward"):
+            outputs = self.model(**batch)
+            loss = outputs.loss
+        with timer("extra_loss"):
+            for plugin in self.plugins:
+                extra = plugin.extra_loss(self.model, batch, outputs)
+                if extra is not None:
+                    loss = loss + extra
+        with timer("backward"):
+            self.accelerator.backward(loss)
+        loss_value = loss.detach().float().item()
+        self.guard.note_loss(loss_value)
+        window["loss"] += loss_value
+        window["n"] += 1
+        window["examples"] += batch["input_ids"].shape[0]
+
+    def optimizer_step(self, step: int) -> None:
+        """The accumulated gradients: checked, masked by the plug-ins, clipped; then the optimizer and the
+        schedule step. A step the guard refuses in skip mode only advances the schedule."""
+        timer, train_cfg = self.phases, self.cfg.train
+        with timer("selection"):
+            self.accelerator.unscale_gradients()  # selectors see unscaled gradients (no-op without fp16)
+            if not self.guard.step_ok(step, self.trainable_params):  # stops, or skips the step:
+                return self._skip_step()  # non-finite gradients never reach a selector or the optimizer
+            for plugin in self.plugins:
+                plugin.after_backward(step)
+        measure = train_cfg.measure_changed and self._is_log_step(step)
+        if measure:
+            self.meter.take_snapshot()
+        with timer("optimizer"):
+            if train_cfg.max_grad_norm > 0:
+                self._clip(train_cfg.max_grad_norm)
+        with timer("selection"):
+            for plugin in self.plugins:  # masks of references that clip the full gradient first
+                plugin.after_clip(step)
+            if self.mask_check.active:  # per-parameter masks are derived on demand: only if checked
+                self.mask_check.check(step, self.method.masks)
+        with timer("optimizer"):
+            if not any(plugin.optimizer_step(self.optimizer) for plugin in self.plugins):
+                self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if measure:
+            self.meter.measure_changed()
+        with timer("selection"):
+            for plugin in self.plugins:
+                plugin.after_step(step)
+        timer.end_step()
+
+    def _clip(self, max_norm: float) -> None:
+        norm = self.guard.grad_norm if self.clip_reuses_guard_norm else None
+        if norm is None:
+            torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm)
+        else:  # what clip_grad_norm_ does after computing this same norm of these same gradients
+            torch.nn.utils.clip_grads_with_norm_(self.trainable_params, max_norm, norm)
+
+    def _skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule keeps counting steps, as with mixed precision's skipped steps
         self.phases.end_step()
-        return True
 
     def _log(self, window: dict) -> None:
         st = self.state
@@ -387,52 +391,9 @@ class Trainer:
         Causal-LM tasks: loss and perplexity, plus generated answers and their score when `generate`."""
         if self.task.is_causal_lm:
             return causal_lm.evaluate_lm(self, generate)
-        self.model.eval()
-        for plugin in self.plugins:
-            plugin.eval_mode()
-        results, predictions = {}, {}
-        for split, loader in self.eval_loaders.items():
-            idxs, golds, outs = [], [], []
-            for batch in loader:
-                batch = dict(batch)
-                idx = batch.pop("idx")
-                labels = batch.pop("labels", None)
-                logits = self.model(**batch).logits.float()
-                idx, logits, labels = self.accelerator.gather_for_metrics((idx, logits, labels))
-                idxs.append(idx.cpu())
-                outs.append(logits.cpu())
-                golds.append(labels.cpu())
-            logits = torch.cat(outs)
-            NonFiniteGuard.check_outputs(self.state.step, split, logits)  # no metric from NaN outputs
-            gold = torch.cat(golds)
-            rows = []
-            if self.task.is_regression:
-                pred = logits.squeeze(-1)
-                for i, p, g in zip(torch.cat(idxs).tolist(), pred.tolist(), gold.tolist()):
-                    rows.append({"idx": i, "label": g, "prediction": p})
-            else:
-                probs = logits.softmax(-1)
-                pred = probs.argmax(-1)
-                names = self.task.label_names
-                for i, p, g, pr in zip(torch.cat(idxs).tolist(), pred.tolist(), gold.tolist(), probs.tolist()):
-                    rows.append({"idx": i, "label": names[g], "prediction": names[p],
-                                 "probabilities": [round(x, 6) for x in pr]})
-            results[split] = metric_fns.compute(self.task.metrics, pred.tolist(), gold.tolist())
-            predictions[split] = rows
-        for plugin in self.plugins:
-            plugin.train_mode()
-        return results, predictions
+        return evaluate_classifier(self)
 
     @property
     def final_predictions(self) -> dict[str, list[dict]]:
-        return getattr(self, "_predictions", {})
+        return self._predictions
 
-
-def _set_epoch(loader, epoch: int) -> None:
-    """Reach the EpochSampler through accelerate's wrappers (its order depends on (seed, epoch) only)."""
-    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-                getattr(getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None), "sampler", None)):
-        if hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)

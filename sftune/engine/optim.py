@@ -1,4 +1,5 @@
-"""AdamW with the usual BERT grouping, and the warmup + decay schedule from transformers."""
+"""AdamW with the usual BERT grouping (or the optimizer a method owns), and the warmup + decay schedule from
+transformers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from sftune.config import TrainConfig
+from sftune.methods.base import Method
 
 
 def no_decay(name: str, group: str) -> bool:
@@ -39,17 +41,14 @@ def merge_groups(groups: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
-def build_optimizer(groups: list[dict], cfg: TrainConfig, mask_mode: str) -> torch.optim.Optimizer:
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
+def make_optimizer(groups: list[dict], cfg: TrainConfig, method: Method) -> torch.optim.Optimizer:
+    """The method's own optimizer if its updates need one (update mode's MaskedAdamW), else AdamW."""
+    adamw = {"lr": cfg.lr, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
     params = [p for g in groups for p in g["params"]]
     # torch's default per-tensor AdamW loop costs ~5x the fused kernel on CPU (performance-notes.md).
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    if mask_mode == "update":
-        # Exact sparse updates: only selected entries change (moments, bias correction, decay there only).
-        from sftune.optim import MaskedAdamW
-
-        return MaskedAdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_eps, fused=fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_eps, fused=fused or None)
+    own = method.own_optimizer(groups, fused=fused, **adamw)
+    return own if own is not None else torch.optim.AdamW(groups, **adamw, fused=fused or None)
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:

@@ -29,6 +29,9 @@ and, when the run ends (sftune.run), for every plugin:
 
 The method alone (not regularisers) also has, read by the loop, the run and the memory profiler:
 
+    own_optimizer(groups, lr, betas, eps, fused) -> Optimizer | None   the optimizer its updates need, built
+                                 from the AdamW settings (masked methods in update mode: MaskedAdamW);
+                                 None = the standard AdamW
     selects_per_step             class flag: a new selection every step (the live table shows its share)
     selected_counts() -> dict | None   entries selected in the last step per parameter; None = every
                                  trainable entry (dense)
@@ -156,6 +159,12 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 
 
+def changes_gradients(plugin: Hooks) -> bool:
+    """Whether the plug-in's after_backward may change the gradients: any override of the no-op may. (The loop
+    then computes the clipping norm again instead of reusing the divergence guard's.)"""
+    return type(plugin).after_backward is not Hooks.after_backward
+
+
 class Plugin(Hooks):
     """A registered plug-in with options: a method or a regulariser."""
 
@@ -191,6 +200,10 @@ class Method(Plugin):
 
     def trainable(self, name: str, param: nn.Parameter) -> bool | None:
         return True
+
+    def own_optimizer(self, groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
+                      fused: bool) -> torch.optim.Optimizer | None:
+        return None
 
     def selected_counts(self) -> dict[str, torch.Tensor | int] | None:
         return None

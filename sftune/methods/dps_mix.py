@@ -39,7 +39,6 @@ from sftune.architecture import is_projection, transposed_weights
 from sftune.config import option
 from sftune.methods.base import RunContext
 from sftune.methods.dps_common import GAM_DTYPES, DPSMethod, DPSOptions, tensor_bytes, top_mask
-from sftune.methods.masking import MaskedMethod
 from sftune.ops.column_mix import ColumnMix
 from sftune.ops.parking import ParkedTensors
 from sftune.registry import register
@@ -234,13 +233,12 @@ class DPSMix(DPSMethod):
         self.sync_stage(step)
         if not self.in_stage_two():
             if self._r_step != step:
-                self._draw(step)
-            self._accumulate(step)
+                self._draw(step)  # the R that _accumulate adds to F (DPSMethod.after_backward calls it)
         elif self.mask_mode == "grad":
             # The gradient is already h*M (ColumnMix's backward): record the masks for the counts only.
             self.masks = self.stage_masks
             return
-        MaskedMethod.after_backward(self, step)
+        super().after_backward(step)  # Stage I: G and F accumulate; then the masking of every masked method
 
     def optimizer_step(self, optimizer) -> bool:
         if self.mask_mode != "update" or not self.in_stage_two():

@@ -39,6 +39,7 @@ import torch
 
 from sftune.methods.base import Method, RunContext, torch_optimizer
 from sftune.methods.flat_grads import FlatGrads, wanted
+from sftune.optim import MaskedAdamW
 from sftune.select import FlatBuffer, split_sorted
 
 _UNCHECKED = object()  # flat_grad() outside select_and_mask: check the gradient views now
@@ -91,12 +92,23 @@ class MaskedMethod(Method):
                and wanted(setting, next(iter(self.candidates.values())).device, ctx.accelerator.num_processes))
         self.flat_grads = FlatGrads(self.candidates) if use else None
         self._step_flat_grad = _UNCHECKED  # inside select_and_mask: this step's one check of the views
+        self._starts: list[int] = []  # where each candidate starts in the flat layout (split(), on first use)
+        self._bounds: torch.Tensor | None = None
+
+    def own_optimizer(self, groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
+                      fused: bool) -> torch.optim.Optimizer | None:
+        """Update mode: exact sparse updates, only selected entries change (moments, bias correction and weight
+        decay there only). Grad mode: the standard AdamW."""
+        if self.mask_mode != "update":
+            return None
+        return MaskedAdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
     def on_optimizer(self, optimizer) -> None:
         if self.mask_mode == "update":
             optimizer = torch_optimizer(optimizer)
-            if not hasattr(optimizer, "set_mask"):
-                raise RuntimeError("update mode needs sftune.optim.MaskedAdamW")
+            if not isinstance(optimizer, MaskedAdamW):  # a caller that did not ask own_optimizer()
+                raise RuntimeError(f"{self.name}: update mode steps the MaskedAdamW of own_optimizer(), "
+                                   f"got {type(optimizer).__name__}")
             self.optimizer = optimizer
 
     def before_forward(self, step: int) -> None:
@@ -175,7 +187,7 @@ class MaskedMethod(Method):
 
     def split(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """Ascending indices into the concatenated candidates -> per-parameter flat indices (one host sync)."""
-        if not hasattr(self, "_bounds"):
+        if self._bounds is None:
             sizes = torch.tensor([p.numel() for p in self.candidates.values()])
             starts = torch.cumsum(sizes, 0) - sizes
             self._starts = starts.tolist()
