@@ -80,17 +80,17 @@ def evaluate_run(run: RunDir, source: str, targets: list[TargetData], mappings: 
                     (target.origin, target.split, mappings[target.name]))
 
     todo = {t.name: t.dataset for t in targets if not evaluated_before(t)}
-    model = None
+    source_model = None
     if todo:  # the model is loaded only when something needs evaluating
-        model = SourceModel(run, cfg, todo)
-        model.build(need_train=False)
+        source_model = SourceModel(run, cfg, todo)
+        source_model.build(need_train=False)
     for target in targets:
         if target.name not in todo:
             if on_target:
                 on_target(target.name, entries[target.name], True)
             continue
         t0 = time.time()
-        idxs, probs = model.probabilities(target.name)
+        idxs, probs = source_model.probabilities(target.name)
         summary, rows = score(target, labels, mappings[target.name], probs, idxs)
         rel = Path("transfer") / f"{target.name}.jsonl"
         atomic_write_text(out_dir / rel, "".join(json.dumps(r) + "\n" for r in rows))
