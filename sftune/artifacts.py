@@ -126,6 +126,16 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None when the file is missing, unreadable, torn or holds no object (callers
+    treat all of these as "not written yet")."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: a torn write (JSONDecodeError) or bytes that are not UTF-8
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -161,26 +171,17 @@ class RunDir:
 
     def final_status(self) -> str | None:
         """results.json's status (complete or diverged: the run is over), None while there is none."""
-        try:
-            return json.loads(self.results.read_text()).get("status")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            return None
+        return (read_json(self.results) or {}).get("status")
 
     def status(self) -> str | None:
         """The manifest's status (running, interrupted, failed, diverged, complete), None without a manifest."""
-        try:
-            return json.loads(self.manifest.read_text()).get("status")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            return None
+        return (read_json(self.manifest) or {}).get("status")
 
     def made_by_sftune(self) -> bool:
         """A directory sftune wrote holds its manifest (with sftune's version in it), or only what a run killed
         before writing the manifest leaves: config.yaml, the lock and atomic writes' temporary files."""
-        try:
-            if "sftune_version" in json.loads(self.manifest.read_text()):
-                return True
-        except (OSError, json.JSONDecodeError, TypeError):
-            pass
+        if "sftune_version" in (read_json(self.manifest) or {}):
+            return True
         early = ("config.yaml", LOCK_NAME)
         return all(p.name in early or p.name.startswith((".config.yaml.", ".manifest.json."))
                    for p in self.path.iterdir())

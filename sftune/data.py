@@ -35,7 +35,8 @@ class Splits:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def _md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """The md5 of a data file, recorded with the rows read from it (the manifest's data fingerprint)."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -43,7 +44,7 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_table(path: Path, column_names: tuple[str, ...] | None = None, delimiter: str | None = None):
+def read_table(path: Path, column_names: tuple[str, ...] | None = None, delimiter: str | None = None):
     """Read a CSV/TSV/JSONL file into a Dataset of strings, with quoting off for TSV (the suffix decides,
     unless `delimiter` is given: SICK.txt is tab-separated)."""
     import datasets
@@ -132,7 +133,7 @@ def dir_split_table(task: Task, data_dir: Path, split: str, cache: dict | None =
                          f"{task.dir_files[split]} or {task.dir_files[split]} for task {task.name}.")
     cache = {} if cache is None else cache
     if path not in cache:
-        cache[path] = _read_table(path, task.dir_columns, task.dir_delimiter)
+        cache[path] = read_table(path, task.dir_columns, task.dir_delimiter)
     table = cache[path]
     if task.dir_split_column:
         column, value = task.dir_split_column, task.dir_split_values[split]
@@ -153,7 +154,7 @@ def _from_dir(task: Task, data_dir: Path, need_train: bool) -> Splits:
         table, path = dir_split_table(task, data_dir, split, cache)
         where = str(path) + (f" ({task.dir_split_values[split]})" if task.dir_split_column else "")
         splits[split] = _normalise(table, task, task.dir_text, task.dir_label, where)
-        prints.append({"split": split, "path": str(path.resolve()), "md5": _md5(path), "rows": len(table)})
+        prints.append({"split": split, "path": str(path.resolve()), "md5": file_md5(path), "rows": len(table)})
     root = path.parent
     return Splits(splits.pop("train", None), splits, f"glue-dir:{root}", prints)
 
@@ -169,10 +170,10 @@ def _from_files(task: Task, cfg: DataConfig, need_train: bool) -> Splits:
         if fname is None or (split == "train" and not need_train):
             continue
         path = Path(fname)
-        table = _read_table(path)
+        table = read_table(path)
         text_cols = tuple(cfg.text_columns) if cfg.text_columns else _guess_text_columns(task, table.column_names)
         splits[split] = _normalise(table, task, text_cols, cfg.label_column, str(path))
-        prints.append({"split": split, "path": str(path.resolve()), "md5": _md5(path), "rows": len(table)})
+        prints.append({"split": split, "path": str(path.resolve()), "md5": file_md5(path), "rows": len(table)})
     return Splits(splits.pop("train", None), splits, "files", prints)
 
 
@@ -185,23 +186,31 @@ def _guess_text_columns(task: Task, columns: list[str]) -> tuple[str, ...]:
                      f"Pass --set data.text_columns=COL{'1,COL2' if task.is_pair else ''}.")
 
 
-def _from_hub(task: Task, need_train: bool) -> Splits:
+def load_hub_dataset(name: str, config: str | None, split: str | None = None, parquet_fallback: bool = False):
+    """A Hub dataset (one split, or all of them); raises the first error met, for the caller to word.
+
+    A script dataset (SICK) is refused by recent `datasets`: with `parquet_fallback` the Hub's parquet
+    conversion (revision refs/convert/parquet), which has the same rows, is tried next."""
     import datasets
 
     datasets.disable_progress_bars()
-    name = task.hub_dataset + (f"/{task.hub_config}" if task.hub_config else "")
-    require_hub(f"the data set {name}")
-    # A script dataset (SICK) is refused by recent `datasets`; the Hub's parquet conversion has the same rows.
-    attempts = [{}] + ([{"revision": "refs/convert/parquet"}] if task.hub_parquet_fallback else [])
-    error = None
+    attempts = [{}] + ([{"revision": "refs/convert/parquet"}] if parquet_fallback else [])
+    error: Exception | None = None
     for extra in attempts:
         try:
-            ds = datasets.load_dataset(task.hub_dataset, task.hub_config or None, **extra)
-            break
-        except Exception as e:  # network, offline mode or missing config: one clear sentence
+            return datasets.load_dataset(name, config or None, split=split, **extra)
+        except Exception as e:  # network, offline mode, script datasets, missing config or split
             error = error or e
-    else:
-        raise UsageError(f"cannot load {name} from the Hugging Face Hub ({type(error).__name__}). Without a "
+    raise error
+
+
+def _from_hub(task: Task, need_train: bool) -> Splits:
+    name = task.hub_dataset + (f"/{task.hub_config}" if task.hub_config else "")
+    require_hub(f"the data set {name}")
+    try:
+        ds = load_hub_dataset(task.hub_dataset, task.hub_config, parquet_fallback=task.hub_parquet_fallback)
+    except Exception as e:  # network, offline mode or missing config: one clear sentence
+        raise UsageError(f"cannot load {name} from the Hugging Face Hub ({type(e).__name__}). Without a "
                          "network use --data-dir DIR (GLUE layout; for SICK the directory holding SICK.txt) "
                          "or --train-file/--validation-file.") from None
     splits = {}

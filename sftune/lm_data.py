@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from sftune.config import DataConfig
-from sftune.data import EpochSampler, Splits, _md5, _read_table
+from sftune.data import EpochSampler, Splits, file_md5, read_table
 from sftune.errors import UsageError
 from sftune.tasks import Task
 
@@ -86,9 +86,9 @@ def load_lm_splits(task: Task, cfg: DataConfig, need_train: bool = True) -> Spli
         if path.suffix.lower() not in (".jsonl", ".json"):
             raise UsageError(f"data file {path}: task {task.name} reads JSON lines (.jsonl) with prompt/response "
                              "fields or chat messages.")
-        table = _read_table(path)
+        table = read_table(path)
         splits[split] = _normalise(table, task, str(path))
-        prints.append({"split": split, "path": str(path.resolve()), "md5": _md5(path), "rows": len(table)})
+        prints.append({"split": split, "path": str(path.resolve()), "md5": file_md5(path), "rows": len(table)})
     return _finish(splits, source, prints, cfg)
 
 

@@ -19,6 +19,7 @@ from sftune.artifacts import (
     atomic_write_text,
     match_umask,
     new_manifest,
+    read_json,
     replace_dir,
     saving,
 )
@@ -83,11 +84,11 @@ def _train(cfg: RunConfig, run_dir: RunDir, reporter: Reporter, resume: bool, ov
                              f"Resume with the same options (or with none: sftune train --resume -o DIR), or "
                              f"start a new --output-dir.")
         if run_dir.is_complete():
-            results = _read_results(run_dir)
+            results = read_json(run_dir.results)
             reporter.finish(results)
             return results
         if run_dir.final_status() == "diverged":
-            step = (_read_results(run_dir).get("diverged") or {}).get("step")
+            step = ((read_json(run_dir.results) or {}).get("diverged") or {}).get("step")
             raise UsageError(f"--resume: {run_dir.path} diverged at step {step}; resuming would diverge again. "
                              "Start over with --overwrite and a lower learning rate (or train.nonfinite=skip).")
     elif resume and not dry_run:
@@ -272,6 +273,3 @@ def _drop_unkept(run_dir: RunDir, weights: str, keep_checkpoint: bool) -> None:
         elif path.exists():
             path.unlink()
 
-
-def _read_results(run_dir: RunDir) -> dict:
-    return json.loads(run_dir.results.read_text())

@@ -25,7 +25,7 @@ from sftune.config import RunConfig
 from sftune.data import HELDOUT, carve_validation, load_splits, make_loader, subsample, tokenize
 from sftune.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sftune.engine.distributed import MaskCheck, make_accelerator
-from sftune.engine.evaluation import evaluate_classifier
+from sftune.engine.evaluation import evaluate_classifier, predict
 from sftune.engine.guard import NonFiniteGuard
 from sftune.engine.optim import build_scheduler, make_optimizer, merge_groups, param_groups, total_steps
 from sftune.engine.progress import Interrupted, Reporter, TrainerState
@@ -67,8 +67,9 @@ class Trainer:
         self.build_model_and_plugins(need_train)
         if need_train:
             self.build_optimizer()
-        else:
-            self.model = self.accelerator.prepare(self.model)
+        else:  # eval loaders prepared as in training: batches on the model's device, rows gathered once
+            self.model, *loaders = self.accelerator.prepare(self.model, *self.eval_loaders.values())
+            self.eval_loaders = dict(zip(self.eval_loaders, loaders))
 
     def build_data(self, need_train: bool) -> None:
         """Tokenizer, splits (held-out part carved, then the subsample), encoded sets and their loaders."""
@@ -392,6 +393,10 @@ class Trainer:
         if self.task.is_causal_lm:
             return causal_lm.evaluate_lm(self, generate)
         return evaluate_classifier(self)
+
+    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row ids, float32 logits and gold labels of every example `loader` yields (engine/evaluation.py)."""
+        return predict(self, loader)
 
     @property
     def final_predictions(self) -> dict[str, list[dict]]:

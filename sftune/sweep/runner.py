@@ -18,7 +18,6 @@ the same directory twice. Each child's output goes to `OUTPUT_DIR/.sweep/logs/TA
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftune.artifacts import RunDir, atomic_write_text
+from sftune.artifacts import RunDir, atomic_write_text, read_json
 from sftune.config import build, dump_yaml, load_yaml
 from sftune.errors import UsageError
 from sftune.run import config_differences
@@ -75,10 +74,7 @@ def state_of(run_dir: RunDir) -> str:
 
 
 def read_results(run_dir: RunDir) -> dict | None:
-    try:
-        return json.loads(run_dir.results.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(run_dir.results)
 
 
 def check_existing(runs: list[Run], out: Path) -> None:
