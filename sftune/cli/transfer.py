@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftune import transfer as tr
-from sftune.artifacts import RunDir
+from sftune.artifacts import RunDir, read_json
 from sftune.cli import app
 from sftune.cli.common import check_format, examples, is_terminal, user_errors
 from sftune.cli.options import (
@@ -134,7 +134,7 @@ def transfer(
                              "Drop them, or give a model to train a new run.")
         cfg = stored_config(given)
         run = given
-        previous = tr.read_json(given.path / "transfer.json") or {}
+        previous = read_json(given.path / "transfer.json") or {}
         source_name = previous.get("source") or cfg.task
         data_dir = data_dir or cfg.data.data_dir or os.environ.get("SFTUNE_DATA_DIR")
         out_dir = Path(output_dir) if output_dir else given.path

@@ -15,7 +15,6 @@ other NLI sets with its predicted labels mapped onto each target's label set.
 The command lives in `sftune/cli/transfer.py`; this package does no printing.
 """
 
-from sftune.artifacts import read_json
 from sftune.transfer.labels import NLI2, NLI3, canonical_label
 from sftune.transfer.mapping import check_map_scopes, explicit_map, parse_label_maps, resolve_mapping
 from sftune.transfer.report import evaluate_run, flat_metrics, score, source_labels_of
@@ -24,5 +23,5 @@ from sftune.transfer.targets import SOURCES, TARGET_KEYS, TARGETS, TargetSpec, p
 
 __all__ = ["NLI2", "NLI3", "SOURCES", "TARGETS", "TARGET_KEYS", "TargetData", "TargetSpec", "canonical_label",
            "check_map_scopes", "evaluate_run", "explicit_map", "flat_metrics", "load_target", "parse_label_maps",
-           "parse_targets", "read_json", "resolve_mapping", "score", "snli_source_files", "source_labels_of",
+           "parse_targets", "resolve_mapping", "score", "snli_source_files", "source_labels_of",
            "target_name"]
