@@ -25,12 +25,8 @@ import yaml
 
 from sftune.errors import UsageError, did_you_mean
 
-
-def option(default: Any, help: str, **kwargs) -> Any:
-    """A dataclass field carrying its help text (shown by `sftune methods`, `presets show` and the docs)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+# `option` lives in the leaf module sftune.options (plug-ins import it from there); config uses it for its sections.
+from sftune.options import MethodChoice, PluginChoice, option, option_errors
 
 
 @dataclass
@@ -115,18 +111,18 @@ class TrainConfig:
 class RunConfig:
     model: ModelConfig
     task: str
-    method: dict[str, Any]  # {"name", "mask_mode", **method options}; validated against the method's Options
+    method: MethodChoice  # the method's name, mask mode and its validated Options instance
     data: DataConfig
     train: TrainConfig
-    regs: list[dict[str, Any]] = field(default_factory=list)
+    regs: list[PluginChoice] = field(default_factory=list)
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": dataclasses.asdict(self.model),
             "task": self.task,
-            "method": dict(self.method),
-            "regs": [dict(r) for r in self.regs],
+            "method": self.method.to_dict(),  # {name, mask_mode, **options}: the config.yaml shape
+            "regs": [r.to_dict() for r in self.regs],
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "preset": self.preset,
@@ -284,28 +280,21 @@ def build(tree: dict[str, Any]) -> RunConfig:
     mask_mode = method_tree.pop("mask_mode", "grad")
     if mask_mode not in MASK_MODES:
         errors.append(f"method.mask_mode: expected grad or update, got '{mask_mode}'")
-    method = {"name": method_name, "mask_mode": mask_mode}
     try:
         method_cls = get_method(method_name)
     except UsageError as e:
         errors.append(str(e))
         method_cls = None
+    method = None
     if method_cls is not None:
-        hints = typing.get_type_hints(method_cls.Options)
-        names = {f.name: f for f in dataclasses.fields(method_cls.Options)}
-        for key, value in method_tree.items():
-            if key not in names:
-                choices = all_keys(method_cls.Options)
-                hint = did_you_mean(f"method.{key}", choices)
-                own = ", ".join(names) or "none"
-                errors.append(f"unknown key 'method.{key}' for method {method_name}.{hint} Its options: {own}")
-                continue
-            try:
-                method[key] = coerce_field("method", names[key], value, hints)
-            except ValueError as e:
-                errors.append(str(e))
-        for key, f in names.items():
-            method.setdefault(key, dataclasses.asdict(method_cls.Options())[key])
+        own = ", ".join(f.name for f in dataclasses.fields(method_cls.Options)) or "none"
+
+        def unknown_key(key: str) -> str:
+            hint = did_you_mean(f"method.{key}", all_keys(method_cls.Options))
+            return f"unknown key 'method.{key}' for method {method_name}.{hint} Its options: {own}"
+
+        options = plugin_options(method_cls.Options, method_tree, "method", unknown_key, errors)
+        method = MethodChoice(str(method_name), options, mask_mode)
 
     regs_out = _build_regs(regs, method_name, errors)
 
@@ -332,6 +321,7 @@ def build(tree: dict[str, Any]) -> RunConfig:
     errors += _range_errors(sections["model"], sections["data"], train)
     if errors:
         raise UsageError("invalid configuration: " + "; ".join(errors))
+    assert method is not None  # an unknown method is an error above
     return RunConfig(model=model, task=str(task), method=method, data=sections["data"], train=train,
                      regs=regs_out, preset=preset)
 
@@ -370,11 +360,31 @@ def parse_reg(text: str) -> dict[str, str]:
     return out
 
 
-def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[str, Any]]:
+def plugin_options(options_cls: type, given: dict, prefix: str, unknown_key, errors: list[str]) -> Any:
+    """The Options instance of a plug-in from the given values (coerced to the fields' types), adding every
+    problem to `errors`: unknown keys (worded by `unknown_key(key)`), values of the wrong type, and what the
+    fields' declarations and the class's `check()` refuse (sftune.options)."""
+    hints = typing.get_type_hints(options_cls)
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    values = {}
+    for key, value in given.items():
+        if key not in fields:
+            errors.append(unknown_key(key))
+            continue
+        try:
+            values[key] = coerce_field(prefix, fields[key], value, hints)
+        except ValueError as e:
+            errors.append(str(e))
+    options = options_cls(**values)
+    errors += option_errors(options, prefix)
+    return options
+
+
+def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[PluginChoice]:
     """Validate regulariser entries against their Options; one entry per name (later ones win)."""
     from sftune.registry import get_regularizer
 
-    by_name: dict[str, dict] = {}
+    given: dict[str, dict] = {}  # name -> its options as given, later entries overriding earlier ones
     for entry in regs:
         entry = dict(entry) if isinstance(entry, dict) else parse_reg(str(entry))
         name = str(entry.pop("name", ""))
@@ -383,26 +393,25 @@ def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[st
         except UsageError as e:
             errors.append(str(e))
             continue
-        hints = typing.get_type_hints(cls.Options)
-        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-        values = dict(by_name.get(name, {}))
-        values.update(dataclasses.asdict(cls.Options()) if name not in by_name else {})
-        for key, value in entry.items():
-            if key not in fields and keyword.iskeyword(key) and f"{key}_" in fields:
-                key = f"{key}_"  # a Python keyword names the field with a trailing _: r3f:lambda=1 -> lambda_
-            if key not in fields:
-                errors.append(f"unknown option '{key}' for regulariser {name}.{did_you_mean(key, fields)} "
-                              f"Its options: {', '.join(fields) or 'none'}")
-                continue
-            try:
-                values[key] = coerce_field(f"reg {name}", fields[key], value, hints)
-            except ValueError as e:
-                errors.append(str(e))
-        clash = set(cls.incompatible) & ({method_name} | set(by_name))
+        fields = {f.name for f in dataclasses.fields(cls.Options)}
+        # A Python keyword names the field with a trailing _: r3f:lambda=1 -> lambda_.
+        entry = {f"{k}_" if k not in fields and keyword.iskeyword(k) and f"{k}_" in fields else k: v
+                 for k, v in entry.items()}
+        clash = set(cls.incompatible) & ({method_name} | set(given))
         if clash:
             errors.append(f"regulariser {name} cannot be combined with {', '.join(sorted(clash))}")
-        by_name[name] = values
-    return [{"name": n, **v} for n, v in by_name.items()]
+        given[name] = {**given.get(name, {}), **entry}
+    out = []
+    for name, entry in given.items():
+        cls = get_regularizer(name)
+        names = [f.name for f in dataclasses.fields(cls.Options)]
+
+        def unknown_key(key: str, name=name, names=names) -> str:
+            return f"unknown option '{key}' for regulariser {name}.{did_you_mean(key, names)} " \
+                   f"Its options: {', '.join(names) or 'none'}"
+
+        out.append(PluginChoice(name, plugin_options(cls.Options, entry, f"reg {name}", unknown_key, errors)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- YAML

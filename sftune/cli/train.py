@@ -155,7 +155,7 @@ def train(
     else:
         tree = training_tree(model, get_task(task).name, method or "full", preset, reg, set_, cli)
     cfg = build(tree)
-    model, task_name, method = cfg.model.name, cfg.task, cfg.method["name"]
+    model, task_name, method = cfg.model.name, cfg.task, cfg.method.name
     if cfg.model.trust_remote_code:
         typer.echo(f"sftune: warning: --trust-remote-code: running the Python code that ships with {model} "
                    "(it runs with your permissions); recorded in manifest.json.", err=True)

@@ -109,8 +109,8 @@ class Trainer:
         set_seed(tcfg.seed)
         self.model = self.make_model()
         self.groups = group_of_params(self.model)
-        self.method = get_method(cfg.method["name"]).from_config(cfg.method)
-        regs = [get_regularizer(r["name"]).from_config(r) for r in cfg.regs]
+        self.method = get_method(cfg.method.name).from_config(cfg.method)
+        regs = [get_regularizer(r.name).from_config(r) for r in cfg.regs]
         self.plugins: list[Hooks] = [self.method, *regs, *self.extra_plugins]
         self.eval_loaders = {s: self.loader(d, cfg.data.eval_batch_size) for s, d in self.eval_sets.items()}
         if not need_train:
@@ -136,7 +136,7 @@ class Trainer:
         groups = param_groups(self.model, self.groups, tcfg)
         for plugin in self.plugins:
             groups = plugin.param_groups(groups)
-        optimizer = build_optimizer(merge_groups(groups), tcfg, cfg.method["mask_mode"])
+        optimizer = build_optimizer(merge_groups(groups), tcfg, cfg.method.mask_mode)
         # The scheduler steps once per optimizer step, by us: accelerate's wrapper would step it once per
         # process, which changes the schedule under data parallelism.
         self.scheduler = build_scheduler(optimizer, tcfg, self.total_steps)
@@ -195,8 +195,8 @@ class Trainer:
 
     def info(self) -> dict[str, Any]:
         table = trainable_table(self.accelerator.unwrap_model(self.model))
-        return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method["name"],
-                "mask_mode": self.cfg.method["mask_mode"], "n_train": self.n_train,
+        return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method.name,
+                "mask_mode": self.cfg.method.mask_mode, "n_train": self.n_train,
                 "total_steps": getattr(self, "total_steps", 0), "steps_per_epoch": getattr(self, "steps_per_epoch", 0),
                 "trainable": table, "selects_per_step": self.method.selects_per_step,
                 "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets),
