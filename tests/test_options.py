@@ -98,8 +98,14 @@ def test_a_sweep_with_a_bad_method_option_fails_before_any_run(cli, tiny_bert, t
     assert not out.exists()  # no run directory, no sweep state
 
 
-def test_the_options_module_is_a_leaf():
+def test_the_options_module_is_a_leaf_and_methods_need_no_config():
     code = ("import sys, sftune.options\n"
             "print(sorted(m for m in sys.modules if m.startswith('sftune')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['sftune', 'sftune.errors', 'sftune.options']"
+    # The methods declare their options without the configuration: config -> registry -> methods is no cycle.
+    code = ("import sys, sftune.registry as r\n"
+            "r.methods()\n"
+            "print('sftune.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
