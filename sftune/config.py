@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +23,8 @@ import yaml
 
 from sftune.errors import UsageError, did_you_mean
 
-# `option` lives in the leaf module sftune.options (plug-ins import it from there); config uses it for its sections.
-from sftune.options import MethodChoice, PluginChoice, option, option_errors
+# Declaring, coercing and checking options lives in the leaf module sftune.options (plug-ins import it from there).
+from sftune.options import MethodChoice, PluginChoice, coerce, coerce_field, option, plugin_options
 
 
 @dataclass
@@ -131,65 +129,6 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 MASK_MODES = ("grad", "update")
-
-
-# ---------------------------------------------------------------------------------------------- coercion
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return annotation, False
-
-
-def coerce(value: Any, annotation: Any) -> Any:
-    """Turn a YAML or command-line value into the field's type; raise ValueError with a short reason."""
-    base, optional = _strip_optional(annotation)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if optional:
-            return None
-        raise ValueError("a value is required")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ValueError(f"expected true or false, got '{value}'")
-    if base is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got '{value}'")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).replace("_", ""))
-        except ValueError:
-            raise ValueError(f"expected an integer, got '{value}'") from None
-    if base is float:
-        try:
-            out = float(value)  # accepts '2e-5', which YAML 1.1 would read as a string
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got '{value}'") from None
-        if not math.isfinite(out):
-            raise ValueError(f"expected a finite number, got '{value}'")
-        return out
-    if base is str:
-        return str(value)
-    if typing.get_origin(base) is list:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        (inner,) = typing.get_args(base) or (str,)
-        return [coerce(v.strip() if isinstance(v, str) else v, inner) for v in items]
-    return value
-
-
-def coerce_field(section: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
-    try:
-        out = coerce(value, hints[f.name])
-    except ValueError as e:
-        raise ValueError(f"{section}.{f.name}: {e}") from None
-    choices = f.metadata.get("choices")
-    if choices and out not in choices:
-        raise ValueError(f"{section}.{f.name}: expected one of {', '.join(choices)}, got '{out}'")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ merging
@@ -358,26 +297,6 @@ def parse_reg(text: str) -> dict[str, str]:
             raise UsageError(f"--reg '{text}': expected NAME or NAME:key=value,..., e.g. --reg mixout:p=0.3.")
         out[key.strip()] = value.strip()
     return out
-
-
-def plugin_options(options_cls: type, given: dict, prefix: str, unknown_key, errors: list[str]) -> Any:
-    """The Options instance of a plug-in from the given values (coerced to the fields' types), adding every
-    problem to `errors`: unknown keys (worded by `unknown_key(key)`), values of the wrong type, and what the
-    fields' declarations and the class's `check()` refuse (sftune.options)."""
-    hints = typing.get_type_hints(options_cls)
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    values = {}
-    for key, value in given.items():
-        if key not in fields:
-            errors.append(unknown_key(key))
-            continue
-        try:
-            values[key] = coerce_field(prefix, fields[key], value, hints)
-        except ValueError as e:
-            errors.append(str(e))
-    options = options_cls(**values)
-    errors += option_errors(options, prefix)
-    return options
 
 
 def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[PluginChoice]:

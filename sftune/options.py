@@ -1,5 +1,6 @@
-"""Options of methods and regularisers: dataclass fields that carry their help text and their constraints, the
-check that reads those constraints, and the typed choice of a plug-in that a RunConfig holds.
+"""Options: dataclass fields that carry their help text and their constraints (`option`), the coercion of YAML
+and command-line values to the fields' types, the check that reads the constraints, and the typed choice of a
+plug-in that a RunConfig holds. The configuration's own sections (sftune.config) use the same fields.
 
 A leaf module (it imports nothing of sftune but `errors`): plug-ins declare their options with `option()` and
 need neither the configuration nor the registry to do so, and `sftune.config.build` validates every option
@@ -18,12 +19,13 @@ decide (a budget larger than the candidates, a target module that does not exist
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from sftune.errors import UsageError
-
-BOUNDS = ("ge", "gt", "le", "lt")
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
@@ -38,6 +40,67 @@ def option(default: Any, help: str, *, choices: tuple | None = None, ge: float |
     return field(default=default, metadata=meta)
 
 
+# ---------------------------------------------------------------------------------------------- coercion
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def coerce(value: Any, annotation: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type; raise ValueError with a short reason."""
+    base, optional = _strip_optional(annotation)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"expected true or false, got '{value}'")
+    if base is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got '{value}'")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected an integer, got '{value}'") from None
+    if base is float:
+        try:
+            out = float(value)  # accepts '2e-5', which YAML 1.1 would read as a string
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got '{value}'") from None
+        if not math.isfinite(out):
+            raise ValueError(f"expected a finite number, got '{value}'")
+        return out
+    if base is str:
+        return str(value)
+    if typing.get_origin(base) is list:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        (inner,) = typing.get_args(base) or (str,)
+        return [coerce(v.strip() if isinstance(v, str) else v, inner) for v in items]
+    return value
+
+
+def coerce_field(section: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    """One field's value in its type and within its declaration; else ValueError naming `section.field`."""
+    try:
+        out = coerce(value, hints[f.name])
+    except ValueError as e:
+        raise ValueError(f"{section}.{f.name}: {e}") from None
+    errors = field_errors(section, f, out)
+    if errors:
+        raise ValueError(errors[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- checking
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
@@ -83,6 +146,26 @@ def option_errors(options: Any, prefix: str) -> list[str]:
     if check is not None:
         errors += [f"{prefix}: {message}" for message in check(options)]
     return errors
+
+
+def plugin_options(options_cls: type, given: dict, prefix: str, unknown_key, errors: list[str]) -> Any:
+    """The Options instance of a plug-in from the given values (coerced to the fields' types), adding every
+    problem to `errors`: unknown keys (worded by `unknown_key(key)`), values of the wrong type, and what the
+    fields' declarations and the class's `check()` refuse (sftune.options)."""
+    hints = typing.get_type_hints(options_cls)
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    values = {}
+    for key, value in given.items():
+        if key not in fields:
+            errors.append(unknown_key(key))
+            continue
+        try:
+            values[key] = coerce_field(prefix, fields[key], value, hints)
+        except ValueError as e:
+            errors.append(str(e))
+    options = options_cls(**values)
+    errors += option_errors(options, prefix)
+    return options
 
 
 def validate(options: Any, prefix: str) -> None:
