@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +23,8 @@ import yaml
 
 from sftune.errors import UsageError, did_you_mean
 
-
-def option(default: Any, help: str, **kwargs) -> Any:
-    """A dataclass field carrying its help text (shown by `sftune methods`, `presets show` and the docs)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+# Declaring, coercing and checking options lives in the leaf module sftune.options (plug-ins import it from there).
+from sftune.options import MethodChoice, PluginChoice, coerce, coerce_field, option, plugin_options
 
 
 @dataclass
@@ -115,18 +109,18 @@ class TrainConfig:
 class RunConfig:
     model: ModelConfig
     task: str
-    method: dict[str, Any]  # {"name", "mask_mode", **method options}; validated against the method's Options
+    method: MethodChoice  # the method's name, mask mode and its validated Options instance
     data: DataConfig
     train: TrainConfig
-    regs: list[dict[str, Any]] = field(default_factory=list)
+    regs: list[PluginChoice] = field(default_factory=list)
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": dataclasses.asdict(self.model),
             "task": self.task,
-            "method": dict(self.method),
-            "regs": [dict(r) for r in self.regs],
+            "method": self.method.to_dict(),  # {name, mask_mode, **options}: the config.yaml shape
+            "regs": [r.to_dict() for r in self.regs],
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "preset": self.preset,
@@ -135,65 +129,6 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 MASK_MODES = ("grad", "update")
-
-
-# ---------------------------------------------------------------------------------------------- coercion
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return annotation, False
-
-
-def coerce(value: Any, annotation: Any) -> Any:
-    """Turn a YAML or command-line value into the field's type; raise ValueError with a short reason."""
-    base, optional = _strip_optional(annotation)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if optional:
-            return None
-        raise ValueError("a value is required")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ValueError(f"expected true or false, got '{value}'")
-    if base is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got '{value}'")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).replace("_", ""))
-        except ValueError:
-            raise ValueError(f"expected an integer, got '{value}'") from None
-    if base is float:
-        try:
-            out = float(value)  # accepts '2e-5', which YAML 1.1 would read as a string
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got '{value}'") from None
-        if not math.isfinite(out):
-            raise ValueError(f"expected a finite number, got '{value}'")
-        return out
-    if base is str:
-        return str(value)
-    if typing.get_origin(base) is list:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        (inner,) = typing.get_args(base) or (str,)
-        return [coerce(v.strip() if isinstance(v, str) else v, inner) for v in items]
-    return value
-
-
-def coerce_field(section: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
-    try:
-        out = coerce(value, hints[f.name])
-    except ValueError as e:
-        raise ValueError(f"{section}.{f.name}: {e}") from None
-    choices = f.metadata.get("choices")
-    if choices and out not in choices:
-        raise ValueError(f"{section}.{f.name}: expected one of {', '.join(choices)}, got '{out}'")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ merging
@@ -284,28 +219,21 @@ def build(tree: dict[str, Any]) -> RunConfig:
     mask_mode = method_tree.pop("mask_mode", "grad")
     if mask_mode not in MASK_MODES:
         errors.append(f"method.mask_mode: expected grad or update, got '{mask_mode}'")
-    method = {"name": method_name, "mask_mode": mask_mode}
     try:
         method_cls = get_method(method_name)
     except UsageError as e:
         errors.append(str(e))
         method_cls = None
+    method = None
     if method_cls is not None:
-        hints = typing.get_type_hints(method_cls.Options)
-        names = {f.name: f for f in dataclasses.fields(method_cls.Options)}
-        for key, value in method_tree.items():
-            if key not in names:
-                choices = all_keys(method_cls.Options)
-                hint = did_you_mean(f"method.{key}", choices)
-                own = ", ".join(names) or "none"
-                errors.append(f"unknown key 'method.{key}' for method {method_name}.{hint} Its options: {own}")
-                continue
-            try:
-                method[key] = coerce_field("method", names[key], value, hints)
-            except ValueError as e:
-                errors.append(str(e))
-        for key, f in names.items():
-            method.setdefault(key, dataclasses.asdict(method_cls.Options())[key])
+        own = ", ".join(f.name for f in dataclasses.fields(method_cls.Options)) or "none"
+
+        def unknown_key(key: str) -> str:
+            hint = did_you_mean(f"method.{key}", all_keys(method_cls.Options))
+            return f"unknown key 'method.{key}' for method {method_name}.{hint} Its options: {own}"
+
+        options = plugin_options(method_cls.Options, method_tree, "method", unknown_key, errors)
+        method = MethodChoice(str(method_name), options, mask_mode)
 
     regs_out = _build_regs(regs, method_name, errors)
 
@@ -332,6 +260,7 @@ def build(tree: dict[str, Any]) -> RunConfig:
     errors += _range_errors(sections["model"], sections["data"], train)
     if errors:
         raise UsageError("invalid configuration: " + "; ".join(errors))
+    assert method is not None  # an unknown method is an error above
     return RunConfig(model=model, task=str(task), method=method, data=sections["data"], train=train,
                      regs=regs_out, preset=preset)
 
@@ -370,11 +299,11 @@ def parse_reg(text: str) -> dict[str, str]:
     return out
 
 
-def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[str, Any]]:
+def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[PluginChoice]:
     """Validate regulariser entries against their Options; one entry per name (later ones win)."""
     from sftune.registry import get_regularizer
 
-    by_name: dict[str, dict] = {}
+    given: dict[str, dict] = {}  # name -> its options as given, later entries overriding earlier ones
     for entry in regs:
         entry = dict(entry) if isinstance(entry, dict) else parse_reg(str(entry))
         name = str(entry.pop("name", ""))
@@ -383,26 +312,25 @@ def _build_regs(regs: list, method_name: str, errors: list[str]) -> list[dict[st
         except UsageError as e:
             errors.append(str(e))
             continue
-        hints = typing.get_type_hints(cls.Options)
-        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-        values = dict(by_name.get(name, {}))
-        values.update(dataclasses.asdict(cls.Options()) if name not in by_name else {})
-        for key, value in entry.items():
-            if key not in fields and keyword.iskeyword(key) and f"{key}_" in fields:
-                key = f"{key}_"  # a Python keyword names the field with a trailing _: r3f:lambda=1 -> lambda_
-            if key not in fields:
-                errors.append(f"unknown option '{key}' for regulariser {name}.{did_you_mean(key, fields)} "
-                              f"Its options: {', '.join(fields) or 'none'}")
-                continue
-            try:
-                values[key] = coerce_field(f"reg {name}", fields[key], value, hints)
-            except ValueError as e:
-                errors.append(str(e))
-        clash = set(cls.incompatible) & ({method_name} | set(by_name))
+        fields = {f.name for f in dataclasses.fields(cls.Options)}
+        # A Python keyword names the field with a trailing _: r3f:lambda=1 -> lambda_.
+        entry = {f"{k}_" if k not in fields and keyword.iskeyword(k) and f"{k}_" in fields else k: v
+                 for k, v in entry.items()}
+        clash = set(cls.incompatible) & ({method_name} | set(given))
         if clash:
             errors.append(f"regulariser {name} cannot be combined with {', '.join(sorted(clash))}")
-        by_name[name] = values
-    return [{"name": n, **v} for n, v in by_name.items()]
+        given[name] = {**given.get(name, {}), **entry}
+    out = []
+    for name, entry in given.items():
+        cls = get_regularizer(name)
+        names = [f.name for f in dataclasses.fields(cls.Options)]
+
+        def unknown_key(key: str, name=name, names=names) -> str:
+            return f"unknown option '{key}' for regulariser {name}.{did_you_mean(key, names)} " \
+                   f"Its options: {', '.join(names) or 'none'}"
+
+        out.append(PluginChoice(name, plugin_options(cls.Options, entry, f"reg {name}", unknown_key, errors)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- YAML

@@ -34,7 +34,7 @@ from sftune.trackers import with_trackers
 
 def default_output_dir(cfg: RunConfig) -> Path:
     model = Path(cfg.model.name.rstrip("/")).name or "model"
-    return Path("runs") / f"{model}-{cfg.task}-{cfg.method['name']}-seed{cfg.train.seed}"
+    return Path("runs") / f"{model}-{cfg.task}-{cfg.method.name}-seed{cfg.train.seed}"
 
 
 def stored_config(run_dir: RunDir) -> RunConfig:
@@ -183,8 +183,8 @@ def sigterm_as_interrupt():
 
 def _diverged_results(trainer: Trainer, run_dir: RunDir, e: Diverged) -> dict:
     return {"status": "diverged", "diverged": e.record(), "run_dir": str(run_dir.path), "task": trainer.task.name,
-            "model": trainer.cfg.model.name, "method": trainer.cfg.method["name"],
-            "mask_mode": trainer.cfg.method["mask_mode"], "seed": trainer.cfg.train.seed, "metrics": {},
+            "model": trainer.cfg.model.name, "method": trainer.cfg.method.name,
+            "mask_mode": trainer.cfg.method.mask_mode, "seed": trainer.cfg.train.seed, "metrics": {},
             "steps": e.step, "n_train": trainer.n_train}
 
 
@@ -231,8 +231,8 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
         "run_dir": str(run_dir.path),
         "task": trainer.task.name,
         "model": trainer.cfg.model.name,
-        "method": trainer.cfg.method["name"],
-        "mask_mode": trainer.cfg.method["mask_mode"],
+        "method": trainer.cfg.method.name,
+        "mask_mode": trainer.cfg.method.mask_mode,
         "seed": trainer.cfg.train.seed,
         "metrics": metrics,
         "main_metric": {"split": first, "name": trainer.task.main_metric,

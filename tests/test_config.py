@@ -16,7 +16,8 @@ def test_defaults_and_coercion_from_strings():
     cfg = build(tree(**{"train.lr": "2e-5", "train.max_steps": "30", "data.stratified": "true"}))
     assert cfg.train.lr == 2e-5 and cfg.train.max_steps == 30 and cfg.data.stratified is True
     assert cfg.train.weight_decay == 0.01 and cfg.train.max_grad_norm == 1.0 and cfg.data.max_length == 128
-    assert cfg.method == {"name": "full", "mask_mode": "grad"}
+    assert (cfg.method.name, cfg.method.mask_mode) == ("full", "grad")
+    assert cfg.to_dict()["method"] == {"name": "full", "mask_mode": "grad"}
 
 
 def test_all_errors_reported_at_once_with_did_you_mean():

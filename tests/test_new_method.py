@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sftune.config import option
+from sftune.options import option
 from sftune.methods.masking import MaskedMethod
 from sftune.registry import register
 

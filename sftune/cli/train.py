@@ -103,7 +103,7 @@ def train(
         tree = training_tree(model, get_task(task).name, method or "full", preset=preset, options=options,
                              regs=reg or [], sets=parse_set(set_ or []))
     cfg = build(tree)
-    model, task_name, method = cfg.model.name, cfg.task, cfg.method["name"]
+    model, task_name, method = cfg.model.name, cfg.task, cfg.method.name
     if cfg.model.trust_remote_code:
         typer.echo(f"sftune: warning: --trust-remote-code: running the Python code that ships with {model} "
                    "(it runs with your permissions); recorded in manifest.json.", err=True)

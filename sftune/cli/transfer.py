@@ -157,7 +157,7 @@ def transfer(
         cfg = build(tree)
         data_dir = cfg.data.data_dir or os.environ.get("SFTUNE_DATA_DIR")
         stem = Path(cfg.model.name.rstrip("/")).name or "model"
-        name = f"{stem}-{source_name}-{cfg.method['name']}-seed{cfg.train.seed}-transfer"
+        name = f"{stem}-{source_name}-{cfg.method.name}-seed{cfg.train.seed}-transfer"
         run = RunDir(output_dir or Path("runs") / name)
         out_dir = run.path
     source_labels = tr.source_labels_of(cfg.task)

@@ -98,8 +98,8 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.model = self.make_model()
         self.groups = group_of_params(self.model)
-        self.method = get_method(cfg.method["name"]).from_config(cfg.method)
-        regs = [get_regularizer(r["name"]).from_config(r) for r in cfg.regs]
+        self.method = get_method(cfg.method.name).from_config(cfg.method)
+        regs = [get_regularizer(r.name).from_config(r) for r in cfg.regs]
         self.plugins = [self.method, *regs, *self.extra_plugins]
         if not need_train:
             return
@@ -185,8 +185,8 @@ class Trainer:
 
     def info(self) -> dict[str, Any]:
         table = trainable_table(self.accelerator.unwrap_model(self.model))
-        return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method["name"],
-                "mask_mode": self.cfg.method["mask_mode"], "n_train": self.n_train,
+        return {"task": self.task.name, "model": self.cfg.model.name, "method": self.cfg.method.name,
+                "mask_mode": self.cfg.method.mask_mode, "n_train": self.n_train,
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
                 "trainable": table, "selects_per_step": self.method.selects_per_step,
                 "log_every": self.cfg.train.log_every, "eval_splits": list(self.eval_sets),

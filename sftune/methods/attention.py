@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sftune.config import option
 from sftune.methods.base import Method
+from sftune.options import option
 from sftune.registry import register
 
 

@@ -56,7 +56,6 @@ scaling; the torch optimizer it wraps is its `.optimizer`). Plug-ins that need t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from sftune.options import MethodChoice, PluginChoice, validate
 
 
 @dataclass
@@ -174,14 +175,16 @@ class Plugin(Hooks):
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any = None, mask_mode: str = "grad"):
+        # config.build validates options (every error at once, before the model loads); this check covers
+        # plug-ins built directly (tests, benchmarks) by the same declarations.
         self.options = options if options is not None else self.Options()
+        validate(self.options, self.name)
         self.mask_mode = mask_mode
 
     @classmethod
-    def from_config(cls, section: dict) -> "Plugin":
-        names = {f.name for f in dataclasses.fields(cls.Options)}
-        options = cls.Options(**{k: v for k, v in section.items() if k in names})
-        return cls(options, section.get("mask_mode", "grad"))
+    def from_config(cls, choice: PluginChoice) -> "Plugin":
+        """The plug-in a RunConfig chose (`cfg.method` or one of `cfg.regs`), with its validated options."""
+        return cls(choice.options)
 
 
 class Regularizer(Plugin):
@@ -197,6 +200,10 @@ class Method(Plugin):
     flat_capable: ClassVar[bool] = False
     masks: dict[str, torch.Tensor] | None = None
     candidates: Mapping[str, nn.Parameter] = MappingProxyType({})  # read-only default; setup assigns a dict
+
+    @classmethod
+    def from_config(cls, choice: MethodChoice) -> "Method":
+        return cls(choice.options, choice.mask_mode)
 
     def trainable(self, name: str, param: nn.Parameter) -> bool | None:
         return True

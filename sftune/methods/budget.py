@@ -15,21 +15,28 @@ from dataclasses import dataclass
 from torch import nn
 
 from sftune.architecture import is_norm, is_projection, transposed
-from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.masking import MaskedMethod
+from sftune.options import option
 
 
 @dataclass
 class BudgetOptions:
     k: int | None = option(None, "Entries updated per step; default: the model's BitFit count (its biases), or "
-                           "0.08% of the candidates for a model without biases (Llama, Mistral).")
-    density: float | None = option(None, "Alternative to k: the share of candidate entries per step.")
+                           "0.08% of the candidates for a model without biases (Llama, Mistral).", ge=1)
+    density: float | None = option(None, "Alternative to k: the share of candidate entries per step.", gt=0,
+                                   le=1)
     include_embeddings: bool = option(False, "Let embedding entries (and an untied lm_head) be selected (sftune "
                                       "default: excluded; tied weights count once).")
     lora_rank: int | None = option(None, "Alternative to k: the entries LoRA of this rank trains on this model "
                                    "(its adapters on the default targets, not the head), for equal-budget "
-                                   "comparisons with --method lora.")
+                                   "comparisons with --method lora.", ge=1)
+
+    def check(self) -> list[str]:
+        given = [f"{name}={value}" for name, value in (("k", self.k), ("density", self.density),
+                                                         ("lora_rank", self.lora_rank)) if value is not None]
+        return [f"set one of method.k, method.density and method.lora_rank, not {' and '.join(given)}"] \
+            if len(given) > 1 else []
 
 
 # Stochastic Tuning's budget as a share of the candidates: the paper's 0.08%, used when the model has no biases.
@@ -74,16 +81,11 @@ class BudgetMethod(MaskedMethod):
         bitfit = sum(p.numel() for name, p in self.params.items()
                      if name.endswith("bias") and ctx.groups[name] != "head")
         o = self.options
-        if sum(x is not None for x in (o.k, o.density, o.lora_rank)) > 1:
-            raise UsageError(f"method {self.name}: set one of method.k, method.density and method.lora_rank.")
         unset = o.k is None and o.lora_rank is None
         density = o.density if o.density is not None else (BIAS_FREE_DENSITY if unset and not bitfit else None)
         self.k = o.k if o.k is not None else (round(density * n) if density is not None else bitfit)
         if o.lora_rank is not None:
             from sftune.methods.lora import adapter_entries
-
-            if o.lora_rank < 1:
-                raise UsageError(f"method {self.name}: lora_rank={o.lora_rank} must be a positive rank.")
 
             self.k = adapter_entries(ctx.model, o.lora_rank)
         if not 1 <= self.k <= n:

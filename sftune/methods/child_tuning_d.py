@@ -6,16 +6,17 @@ from dataclasses import dataclass
 
 import torch
 
-from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.masking import FlatMask, MaskedMethod
+from sftune.options import option
 from sftune.registry import register
 from sftune.select import FlatBuffer, global_threshold_mask, pack_bits, unpack_bits
 
 
 @dataclass
 class ChildTuningDOptions:
-    p: float = option(0.3, "reserve_p: the share of candidate entries KEPT (paper grid 0.1, 0.2, 0.3).")
+    p: float = option(0.3, "reserve_p: the share of candidate entries KEPT (paper grid 0.1, 0.2, 0.3).",
+                      gt=0, le=1)
     fisher_batches: int | None = option(None, "Batches in the Fisher pass; default: one full pass over the "
                                         "training set, as the reference does.")
 
@@ -55,8 +56,6 @@ class ChildTuningD(MaskedMethod):
         return tuple(f"{n}." for n, _ in layer_stack(model))
 
     def setup(self, ctx) -> None:
-        if not 0 < self.options.p <= 1:
-            raise UsageError(f"method child-tuning-d: p={self.options.p} must be in (0, 1] (the share kept).")
         self._stack = self._layer_prefixes(ctx.model)
         super().setup(ctx)
         if not self.candidates:

@@ -6,16 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-from sftune.config import option
-from sftune.errors import UsageError
 from sftune.methods.masking import FlatMask, MaskedMethod
+from sftune.options import option
 from sftune.registry import register
 from sftune.select import FlatBuffer, bernoulli_dropout_
 
 
 @dataclass
 class ChildTuningFOptions:
-    p: float = option(0.3, "reserve_p: the share of entries KEPT each step (paper grid 0.2, 0.3, 0.4).")
+    p: float = option(0.3, "reserve_p: the share of entries KEPT each step (paper grid 0.2, 0.3, 0.4).",
+                      gt=0, le=1)
 
 
 @register
@@ -38,8 +38,6 @@ class ChildTuningF(MaskedMethod):
     mask_after_clip = True  # the reference masks inside optimizer.step(), after the trainer clipped
 
     def setup(self, ctx) -> None:
-        if not 0 < self.options.p <= 1:
-            raise UsageError(f"method child-tuning-f: p={self.options.p} must be in (0, 1] (the share kept).")
         super().setup(ctx)
         self.generator = ctx.generator(self.name)
         # One bool mask over all candidates (1 B/entry), redrawn in place every step.

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from sftune.architecture import projection_weights
-from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import RunContext
 from sftune.methods.masking import MaskedMethod
+from sftune.options import option
 from sftune.select import pack_bits, top_fraction_mask, unpack_bits
 
 GAM_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -171,9 +171,9 @@ def addcmul_bf16_(acc: torch.Tensor, grad: torch.Tensor, chunk_size: int, noise:
 @dataclass
 class DPSOptions:
     p: float = option(0.3, "Share of each matrix NOT updated in Stage II (reference name reserve_p): 0.3 updates "
-                           "70%. Grid 0.1..0.5.")
+                           "70%. Grid 0.1..0.5.", ge=0, lt=1)
     ur: float = option(0.05, "Stage length as a share of the total optimizer steps: U = int(T * ur) (at least 1). "
-                             "Grid 0.05, 0.1, 0.2.")
+                             "Grid 0.05, 0.1, 0.2.", gt=0, le=1)
     gam_dtype: str = option("bfloat16", "GAM accumulator: bfloat16 (2 B per masked weight) or float32 (4 B, as "
                                         "the reference).", choices=tuple(GAM_DTYPES))
     gam_rounding: str = option("nearest", "How a bfloat16 GAM rounds each sum: nearest, or stochastic (unbiased "
@@ -196,23 +196,6 @@ class DPSOptions:
 # ------------------------------------------------------------------------------------------ the base
 class DPSMethod(MaskedMethod):
     """Stage bookkeeping for DPS; subclasses fill in `_start_stage_one`, `_start_stage_two`, `_accumulate`."""
-
-    def __init__(self, options: Any = None, mask_mode: str = "grad"):
-        super().__init__(options, mask_mode)
-        p, ur = float(self.options.p), float(self.options.ur)
-        if not 0.0 <= p < 1.0:
-            raise UsageError(f"{self.name}: method.p must be in [0, 1) (the share NOT updated), got {p}. "
-                             "E.g. --set method.p=0.3.")
-        if not 0.0 < ur <= 1.0:
-            raise UsageError(f"{self.name}: method.ur must be in (0, 1], got {ur}. E.g. --set method.ur=0.05.")
-        if self.options.gam_dtype not in GAM_DTYPES:
-            raise UsageError(f"{self.name}: method.gam_dtype must be one of {', '.join(GAM_DTYPES)}, "
-                             f"got '{self.options.gam_dtype}'.")
-        for key, allowed in (("gam_rounding", GAM_ROUNDINGS), ("stage_steps", STAGE_STEPS),
-                             ("dropout_rule", DROPOUT_RULES)):
-            value = getattr(self.options, key)
-            if value not in allowed:
-                raise UsageError(f"{self.name}: method.{key} must be one of {', '.join(allowed)}, got '{value}'.")
 
     # ------------------------------------------------------------------------------------------ set up
     def setup(self, ctx: RunContext) -> None:

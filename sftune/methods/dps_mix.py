@@ -36,11 +36,11 @@ from typing import Any
 import torch
 
 from sftune.architecture import is_projection, transposed_weights
-from sftune.config import option
 from sftune.methods.base import RunContext
 from sftune.methods.dps_common import GAM_DTYPES, DPSMethod, DPSOptions, tensor_bytes, top_mask
 from sftune.ops.column_mix import ColumnMix
 from sftune.ops.parking import ParkedTensors
+from sftune.options import option
 from sftune.registry import register
 from sftune.select import bernoulli_mask_
 
@@ -97,15 +97,6 @@ class DPSMix(DPSMethod):
                                        "temporary file in $TMPDIR, read back exactly at each Stage I start) or "
                                        "'memory' (4 B per masked weight more during Stage II).",
                                choices=W0_STORES)
-
-    def __init__(self, options: Any = None, mask_mode: str = "grad"):
-        super().__init__(options, mask_mode)
-        for key, allowed in (("freq_penalty", PENALTY_RULES), ("w0_store", W0_STORES)):
-            value = getattr(self.options, key)
-            if value not in allowed:
-                from sftune.errors import UsageError
-
-                raise UsageError(f"dps-mix: method.{key} must be one of {', '.join(allowed)}, got '{value}'.")
 
     # ------------------------------------------------------------------------------------------ set up
     def setup(self, ctx: RunContext) -> None:

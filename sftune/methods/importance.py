@@ -19,7 +19,7 @@ from torch import nn
 
 from sftune.architecture import is_norm, norm_eps, norm_kind
 from sftune.select import BlockWeights
-from sftune.select.sampling import _level_sums  # the sampler's own block sums, so both sides agree bitwise
+from sftune.select.blocks import _level_sums  # the sampler's own block sums, so both sides agree bitwise
 
 
 class InputMeans:

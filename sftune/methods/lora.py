@@ -22,9 +22,9 @@ from pathlib import Path
 
 from torch import nn
 
-from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Method
+from sftune.options import option
 from sftune.registry import register
 
 ADAPTER_DIR = "adapter"  # in the run directory
@@ -32,9 +32,9 @@ ADAPTER_DIR = "adapter"  # in the run directory
 
 @dataclass
 class LoraOptions:
-    rank: int = option(8, "r: the rank of each adapter (B A, with A: r x in, B: out x r).")
+    rank: int = option(8, "r: the rank of each adapter (B A, with A: r x in, B: out x r).", ge=1)
     alpha: float = option(16.0, "lora_alpha: the adapter's output is scaled by alpha / rank.")
-    dropout: float = option(0.05, "Dropout on the adapter's input (lora_dropout).")
+    dropout: float = option(0.05, "Dropout on the adapter's input (lora_dropout).", ge=0, lt=1)
     targets: list[str] | None = option(None, "Module names (or name suffixes, peft's rule) that get adapters, "
                                        "e.g. query,value or q_proj,v_proj; default: every Linear/Conv1D in the "
                                        "transformer layers (attention and MLP projections).")
@@ -135,10 +135,6 @@ class Lora(Method):
     def setup(self, ctx) -> None:
         super().setup(ctx)
         o = self.options
-        if o.rank < 1:
-            raise UsageError(f"method {self.name}: rank={o.rank} must be a positive integer.")
-        if not 0 <= o.dropout < 1:
-            raise UsageError(f"method {self.name}: dropout={o.dropout} must be in [0, 1).")
         peft = _peft()
         model = ctx.model
         targets = matched_modules(model, o.targets)

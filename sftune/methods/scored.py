@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from sftune.config import option
 from sftune.methods.budget import BudgetMethod, BudgetOptions
 from sftune.methods.importance import (
     MU_KINDS,
@@ -16,6 +15,7 @@ from sftune.methods.importance import (
     mu_view,
     squared_importance_,
 )
+from sftune.options import option
 
 
 @dataclass

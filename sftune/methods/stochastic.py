@@ -6,7 +6,8 @@ from sftune.methods.masking import FlatIndices
 from sftune.methods.scored import ScoredMethod
 from sftune.registry import register
 from sftune.select import uniform_sample_without_replacement, weighted_sample_without_replacement
-from sftune.select.sampling import _BLOCK, weighted_sample_keys_
+from sftune.select.blocks import _BLOCK
+from sftune.select.sampling import weighted_sample_keys_
 
 
 @register

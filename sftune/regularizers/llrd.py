@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sftune.config import option
-from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import layer_stack, pooler_modules
+from sftune.options import option
 from sftune.registry import register_regularizer
 
 
@@ -55,14 +54,11 @@ class LLRD(Regularizer):
 
     @dataclass
     class Options:
-        eta: float = option(0.9, "Decay per layer (ELECTRA uses 0.9; 0.95 is also common).")
+        eta: float = option(0.9, "Decay per layer (ELECTRA uses 0.9; 0.95 is also common).", gt=0, le=1)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        eta = float(self.options.eta)
-        if not 0.0 < eta <= 1.0:
-            raise UsageError(f"llrd eta must be in (0, 1], got {eta}. E.g. --reg llrd:eta=0.9.")
-        self.factors = depth_factors(ctx.model, ctx.head, eta)
+        self.factors = depth_factors(ctx.model, ctx.head, float(self.options.eta))
         self.n_layers = len(layer_stack(ctx.model))
 
     def param_groups(self, groups: list[dict]) -> list[dict]:

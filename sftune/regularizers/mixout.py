@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from sftune.architecture import in_features
-from sftune.config import option
-from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import set_dropout_modules
 from sftune.ops.column_mix import ColumnMix, linear_modules
+from sftune.options import option
 from sftune.registry import register_regularizer
 from sftune.select.masks import bernoulli_mask_
 
@@ -40,16 +39,14 @@ class Mixout(Regularizer):
 
     @dataclass
     class Options:
-        p: float = option(0.7, "Mix probability: share of columns replaced by W0 each forward (grid 0.1..0.8).")
+        p: float = option(0.7, "Mix probability: share of columns replaced by W0 each forward (grid 0.1..0.8).",
+                          ge=0, lt=1)
         include_head: bool = option(True, "Also mix the task head's Linear layers (towards their initial weights).")
         dropout: float | None = option(0.0, "Dropout probability set on the whole model (the recipe uses 0); "
-                                            "none keeps the model's own.")
+                                            "none keeps the model's own.", ge=0, le=1)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        p = float(self.options.p)
-        if not 0.0 <= p < 1.0:
-            raise UsageError(f"mixout p must be in [0, 1), got {p}. E.g. --reg mixout:p=0.7.")
         self.dropout_changed = 0
         if self.options.dropout is not None:
             self.dropout_changed = set_dropout_modules(ctx.model, self.options.dropout)

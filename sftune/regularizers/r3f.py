@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftune.config import option
 from sftune.errors import UsageError
 from sftune.lm_data import response_logits
 from sftune.methods.base import Regularizer, RunContext
+from sftune.options import option
 from sftune.registry import register_regularizer
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sftune.config import option
 from sftune.lm_data import response_logits
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import set_dropout_modules
+from sftune.options import option
 from sftune.registry import register_regularizer
 from sftune.regularizers.r3f import symmetric_kl
 
@@ -54,7 +54,7 @@ class RDrop(Regularizer):
     class Options:
         alpha: float = option(1.0, "Weight of the consistency term (grid 0.1, 0.5, 1, 3, 5).")
         dropout: float | None = option(0.1, "Dropout probability set on the whole model (DPS grid: 0.1); "
-                                            "none keeps the model's own.")
+                                            "none keeps the model's own.", ge=0, le=1)
         reduction: str = option("batchmean", "Over examples: batchmean (mean) or sum (the R-Drop README).",
                                 choices=("batchmean", "sum"))
 

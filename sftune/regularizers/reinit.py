@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sftune.config import option
 from sftune.errors import UsageError
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import layer_stack, pooler_modules
+from sftune.options import option
 from sftune.registry import register_regularizer
 
 
@@ -61,7 +61,7 @@ class Reinit(Regularizer):
 
     @dataclass
     class Options:
-        L: int = option(1, "Number of top layers to re-initialise (grid 1..7).")
+        L: int = option(1, "Number of top layers to re-initialise (grid 1..7).", ge=0)
         pooler: bool = option(True, "Also re-initialise the pooler (a module named 'pooler'), when the model has one.")
 
     def setup(self, ctx: RunContext) -> None:

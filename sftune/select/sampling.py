@@ -44,9 +44,7 @@ from __future__ import annotations
 
 import torch
 
-# _BLOCK and _level_sums (the block layout) are still imported from here by sftune/methods/stochastic.py,
-# sftune/methods/importance.py and tests/methods/test_selectors.py; their home is .blocks.
-from .blocks import _BLOCK, BlockWeights, _level_sums, _TensorWeights  # noqa: F401
+from .blocks import BlockWeights, _TensorWeights
 from .sampling_cdf import _in_sorted, _sample_cdf, _sorted_uniforms
 from .sampling_keys import _sample_keys, weighted_sample_keys_
 

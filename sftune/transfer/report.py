@@ -69,7 +69,7 @@ def evaluate_run(run: RunDir, source: str, targets: list[TargetData], mappings: 
     doc = read_json(doc_path) or {}
     results = read_json(run.results) or {}
     doc.update({"run_dir": str(run.path), "source": source, "task": cfg.task, "source_labels": list(labels),
-                "model": cfg.model.name, "method": cfg.method["name"], "seed": cfg.train.seed,
+                "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.train.seed,
                 "in_domain": results.get("metrics", {})})
     entries = dict(doc.get("targets") or {})
 

@@ -154,7 +154,7 @@ def test_bad_targets_and_missing_modules_are_one_line_errors():
 
     with pytest.raises(UsageError, match="no module of BertForSequenceClassification matches q_proj"):
         adapt(tiny("bert"), targets=["q_proj"])
-    with pytest.raises(UsageError, match="rank=0"):
+    with pytest.raises(UsageError, match="lora.rank must be at least 1, got 0"):
         adapt(tiny("bert"), rank=0)
     assert LoraOptions().rank == 8 and Dora.Options().use_dora
 

@@ -258,7 +258,7 @@ def test_block_importance_equals_the_flat_scores_and_samples_alike(tiny_bert, gl
     from sftune.methods.importance import ImportanceWeights, PaddedLayout
     from sftune.methods.scored import ScoredMethod
     from sftune.select import weighted_sample_without_replacement
-    from sftune.select.sampling import _BLOCK
+    from sftune.select.blocks import _BLOCK
 
     trainer = make_trainer(tiny_bert, glue_dir, "top", steps=1)
     method = trainer.method
@@ -274,7 +274,7 @@ def test_block_importance_equals_the_flat_scores_and_samples_alike(tiny_bert, gl
     dense = weights.dense()
     pad = weights.padding()
     assert torch.equal(dense[~pad], flat) and bool((dense[pad] == 0).all())
-    from sftune.select.sampling import _level_sums
+    from sftune.select.blocks import _level_sums
 
     assert torch.equal(weights.level_sums(weights.block), _level_sums(dense, weights.block))
     positive = int((flat > 0).sum())

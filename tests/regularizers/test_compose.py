@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 from sftune.config import build
 from sftune.errors import UsageError
 from sftune.registry import methods
+from sftune.regularizers.llrd import LLRD
+from sftune.regularizers.mixout import Mixout
 
 
 def tree(method="full", *regs, task="rte"):
@@ -39,9 +41,9 @@ def test_bitfit_with_rdrop_and_llrd_end_to_end(cli, tiny_bert, glue_dir, tmp_pat
 
 def test_full_with_mixout_and_llrd_is_recorded():
     cfg = build(tree("full", "mixout:p=0.3", "llrd:eta=0.9"))
-    assert cfg.regs == [{"name": "mixout", "p": 0.3, "include_head": True, "dropout": 0.0},
-                        {"name": "llrd", "eta": 0.9}]
-    assert cfg.to_dict()["regs"] == cfg.regs
+    assert cfg.to_dict()["regs"] == [{"name": "mixout", "p": 0.3, "include_head": True, "dropout": 0.0},
+                                     {"name": "llrd", "eta": 0.9}]
+    assert [r.options for r in cfg.regs] == [Mixout.Options(p=0.3), LLRD.Options(eta=0.9)]
 
 
 @pytest.mark.parametrize("regs", [("mixout", "r-drop"), ("r-drop", "mixout")])

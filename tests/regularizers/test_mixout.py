@@ -111,7 +111,7 @@ def test_masks_are_fresh_each_forward_and_reproducible_from_the_seed():
 
 
 def test_p_out_of_range_is_a_usage_error():
-    with pytest.raises(UsageError, match="mixout p"):
+    with pytest.raises(UsageError, match=r"mixout\.p must be in \[0, 1\), got 1.0"):
         mixed(nn.Sequential(nn.Linear(2, 2)), p=1.0)
 
 

@@ -103,7 +103,7 @@ def test_lambda_key_reads_naturally():
 
     tree = {"model": {"name": "x"}, "task": "rte", "regs": ["r3f:lambda=0.5,noise=normal"]}
     cfg = build(tree)
-    assert cfg.regs == [{"name": "r3f", "noise": "normal", "sigma": 1e-5, "lambda_": 0.5}]
+    assert cfg.to_dict()["regs"] == [{"name": "r3f", "noise": "normal", "sigma": 1e-5, "lambda_": 0.5}]
 
 
 def test_r3f_trains_end_to_end(train_with_reg):
