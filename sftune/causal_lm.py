@@ -7,7 +7,9 @@ Evaluation, per evaluation split:
 * with generation (the final evaluation of `sftune train` and every `sftune eval`): the model answers each
   prompt (batched, left padding, greedy unless data.temperature > 0, at most data.max_new_tokens), the task's
   scorer reads the answers, and `exact_match` is the share scored correct. The predictions files hold each
-  prompt's generated text, the extracted and gold answers and whether they match.
+  prompt's generated text, the extracted and gold answers and whether they match. The held-out split carved
+  from the training data (data.validation_from_train) gets the loss only: generating is what costs, and the
+  loss is what model selection reads there.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sftune.data import HELDOUT
 from sftune.generation import SCORERS, generate
 from sftune.lm_data import IGNORE
 from sftune.models import _hub_error, pad_from_eos, resolve_model_path, set_dropout
@@ -69,7 +72,7 @@ def evaluate_lm(trainer, generate_answers: bool) -> tuple[dict[str, dict], dict[
         loss = float(total / max(int(tokens), 1))
         results[split] = {"loss": loss, "perplexity": float(torch.exp(torch.tensor(loss)))}
         rows = [{"idx": i} for i in torch.cat(idxs).tolist()]
-        if generate_answers and trainer.task.scorer:
+        if generate_answers and trainer.task.scorer and split != HELDOUT:
             rows = _generate_and_score(trainer, split, results[split])
         predictions[split] = rows
     for plugin in trainer.plugins:
@@ -83,7 +86,7 @@ def _generate_and_score(trainer, split: str, metrics: dict) -> list[dict]:
     data = trainer.eval_sets[split]
     model = trainer.accelerator.unwrap_model(trainer.model)
     texts = generate(model, trainer.tokenizer, data["prompt_ids"], cfg.eval_batch_size, cfg.max_new_tokens,
-                     cfg.temperature, trainer.cfg.train.seed)
+                     cfg.temperature, trainer.cfg.train.seed, cfg.generation_threads)
     scorer = SCORERS[trainer.task.scorer]
     rows, correct = [], 0
     for idx, text, reference in zip(data["idx"], texts, data["reference"]):

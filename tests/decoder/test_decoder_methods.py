@@ -97,6 +97,18 @@ def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small
     assert rows[0]["label"] == "18"  # the first GSM8K test answer's number after ####
 
 
+def test_the_held_out_split_of_a_causal_lm_run_gets_the_loss_only(cli, tiny_lms, gsm8k_small, tmp_path):
+    """Generation is the costly part of an evaluation: the split carved from the training data is scored by
+    loss and perplexity (what model selection reads), the test split is also generated and scored."""
+    out = tmp_path / "run"
+    code, _, stderr = _train(cli, tiny_lms["llama"], "gsm8k", gsm8k_small, out, "--method", "full",
+                             "--set", "data.validation_from_train=6")
+    assert code == 0, stderr
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert set(metrics["heldout"]) == {"loss", "perplexity"}
+    assert set(metrics["test"]) == {"loss", "perplexity", "exact_match"}
+
+
 @pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "stsb"])
 def test_llama_classifier_on_the_other_glue_tasks(cli, tiny_lms, glue_dir, tmp_path, task):
     """A bias-free Llama with the decoder classification head (regression for STS-B) on each GLUE task with
