@@ -5,11 +5,11 @@ Evaluation, per evaluation split:
 * `loss`: the mean negative log-likelihood per response token (prompt and padding excluded), `perplexity` its
   exponential. Every evaluation during training reports these.
 * with generation (the final evaluation of `sftune train` and every `sftune eval`): the model answers each
-  prompt (batched, left padding, greedy unless data.temperature > 0, at most data.max_new_tokens), the task's
-  scorer reads the answers, and `exact_match` is the share scored correct. The predictions files hold each
-  prompt's generated text, the extracted and gold answers and whether they match. The held-out split carved
-  from the training data (data.validation_from_train) gets the loss only: generating is what costs, and the
-  loss is what model selection reads there.
+  prompt (batched, left padding, greedy unless data.temperature > 0, at most data.max_new_tokens; 0 skips
+  generation), the task's scorer reads the answers, and `exact_match` is the share scored correct. The
+  predictions files hold each prompt's generated text, the extracted and gold answers and whether they
+  match. The held-out split carved from the training data (data.validation_from_train) gets the loss only:
+  generating is what costs, and the loss is what model selection reads there.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def evaluate_lm(trainer, generate_answers: bool) -> tuple[dict[str, dict], dict[
         loss = float(total / max(int(tokens), 1))
         results[split] = {"loss": loss, "perplexity": float(torch.exp(torch.tensor(loss)))}
         rows = [{"idx": i} for i in torch.cat(idxs).tolist()]
-        if generate_answers and trainer.task.scorer and split != HELDOUT:
+        if generate_answers and trainer.task.scorer and split != HELDOUT and trainer.cfg.data.max_new_tokens:
             rows = _generate_and_score(trainer, split, results[split])
         predictions[split] = rows
     for plugin in trainer.plugins:

@@ -95,6 +95,11 @@ def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small
     assert [r["idx"] for r in rows] == [0, 1, 2]
     assert all(set(r) == {"idx", "label", "prediction", "correct", "generated"} for r in rows)
     assert rows[0]["label"] == "18"  # the first GSM8K test answer's number after ####
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=3", "--set", "data.max_new_tokens=0",
+                               "--format", "json", "-o", tmp_path / "loss-only")
+    assert code == 0, stderr
+    assert set(json.loads(stdout)["metrics"]["test"]) == {"loss", "perplexity"}  # 0 new tokens: no generation
+    assert json.loads(stdout)["metrics"]["test"]["loss"] == doc["metrics"]["test"]["loss"]
 
 
 def test_the_held_out_split_of_a_causal_lm_run_gets_the_loss_only(cli, tiny_lms, gsm8k_small, tmp_path):
