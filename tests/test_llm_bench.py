@@ -129,7 +129,12 @@ def test_an_interrupted_training_resumes_and_a_failed_one_is_reported(bench, pro
         "p", profile, bench.load_records(records, profile, bench.data_md5(profile["gsm8k"])), "x")
 
 
-def test_peak_memory_is_the_child_processes_own(bench):
+def test_peak_memory_is_the_child_processes_own(bench, monkeypatch):
     touch = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"  # 200 MB, every page written
     rc, wall, rss, cpu = bench.run_process([sys.executable, "-c", touch])
     assert rc == 0 and wall > 0 and 200 < rss < 400 and cpu > 0
+    seen, popen = [], bench.subprocess.Popen
+    monkeypatch.setattr(bench.subprocess, "Popen", lambda cmd, **kw: seen.append(cmd) or popen(
+        [sys.executable, "-c", "pass"], **kw))
+    bench.run_process(["sftune", "eval", "x"])
+    assert seen == [[sys.executable, "-m", "sftune", "eval", "x"]]  # this interpreter's sftune, not PATH's
