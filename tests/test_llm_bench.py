@@ -104,6 +104,7 @@ def test_every_unit_runs_once_is_recorded_and_a_rerun_skips_it(bench, profile, t
                          "python bench/llm/run.py p")
     assert "| before (base model) |" in block and "0.250 (1/4)" in block and "| full | 0.0003 |" in block
     assert "1.300 → 1.133" in block and "| sst2" not in block and "0.800" in block
+    assert "Exact match barely moves" in block and "full 1 → 2 rows, val loss 2.000 → 1.500" in block
 
 
 def test_an_interrupted_training_resumes_and_a_failed_one_is_reported(bench, profile, tmp_path, monkeypatch):

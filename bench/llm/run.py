@@ -324,6 +324,29 @@ def _load_cell(r: dict) -> str:
     return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "—"
 
 
+def gsm8k_summary(known: dict[tuple[str, str], dict], g: dict) -> str:
+    """One sentence on what moved: exact-match rows and validation loss of each method against the base model
+    (exact match "barely moves" when no method gains or loses more than 2 of the test rows)."""
+    base = known.get(("gsm8k", "base"))
+    done = [(m, known[("gsm8k", m)]) for m in g["methods"] if ("gsm8k", m) in known]
+    if base is None or not done:
+        return "Before/after: waiting for the base model's and at least one method's record."
+
+    def rows(r):
+        return round(r["metrics"]["test"]["exact_match"] * g["test"])
+
+    def held(r):
+        return r["metrics"]["heldout"]["loss"]
+
+    moves = {m: rows(r) - rows(base) for m, r in done}
+    parts = [f"{m} {rows(base)} → {rows(r)} rows, val loss {held(base):.3f} → {held(r):.3f}" for m, r in done]
+    widest = max(abs(v) for v in moves.values())
+    verdict = (f"Exact match barely moves at this model size and budget (at most {widest} of {g['test']} test rows "
+               "either way); the loss is what moved" if widest <= 2 else
+               f"Exact match moves by up to {widest} of {g['test']} test rows")
+    return f"{verdict}: " + "; ".join(parts) + "."
+
+
 def report(name: str, profile: dict, known: dict[tuple[str, str], dict], command_line: str) -> str:
     """The Markdown block of docs/llm.md's results, from the records alone."""
     g, s = profile["gsm8k"], profile.get("sst2") or {}
@@ -360,6 +383,7 @@ def report(name: str, profile: dict, known: dict[tuple[str, str], dict], command
                  _num(r.get("step_seconds"), ".1f"), _num(r.get("train_seconds"), ".0f"), _cpu_cell(r),
                  _num(peak, ","), _load_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", gsm8k_summary(known, g)]
     if s:
         lines += ["", f"SST-2 with the decoder's classification head (`score` on the last non-pad token): {s['train']} "
                   f"training sentences (stratified draw, seed 42), batch {s['batch_size']}, {s['steps']} steps, "
