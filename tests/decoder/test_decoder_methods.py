@@ -83,7 +83,7 @@ def test_regularisers_on_the_lm_loss(cli, tiny_lms, gsm8k_small, tmp_path, reg, 
         assert 0 < train[0]["mixout/kept"] < 1
 
 
-def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small, tmp_path):
+def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small, tmp_path, monkeypatch):
     out = tmp_path / "run"
     code, _, stderr = _train(cli, tiny_lms["llama"], "gsm8k", gsm8k_small, out, "--method", "full")
     assert code == 0, stderr
@@ -100,6 +100,24 @@ def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small
     assert code == 0, stderr
     assert set(json.loads(stdout)["metrics"]["test"]) == {"loss", "perplexity"}  # 0 new tokens: no generation
     assert json.loads(stdout)["metrics"]["test"]["loss"] == doc["metrics"]["test"]["loss"]
+    # Evaluation forwards slices of rows small enough for causal_lm.LOGITS_BUDGET: one row at a time here, the
+    # same loss as the whole batch of 64 at once.
+    import sftune.causal_lm
+
+    seen, chunks = [], sftune.causal_lm.row_chunks
+
+    def recorded(batch, vocab):
+        for part in chunks(batch, vocab):
+            seen.append(part)
+            yield part
+
+    monkeypatch.setattr(sftune.causal_lm, "LOGITS_BUDGET", 1)  # less than one row's logits: one row per slice
+    monkeypatch.setattr(sftune.causal_lm, "row_chunks", recorded)
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=3", "--set", "data.max_new_tokens=0",
+                               "--format", "json", "-o", tmp_path / "one-row")
+    assert code == 0, stderr
+    assert len(seen) == 3 and all(len(part["input_ids"]) == 1 for part in seen)
+    assert json.loads(stdout)["metrics"]["test"]["loss"] == pytest.approx(doc["metrics"]["test"]["loss"], rel=1e-5)
 
 
 def test_the_held_out_split_of_a_causal_lm_run_gets_the_loss_only(cli, tiny_lms, gsm8k_small, tmp_path):
