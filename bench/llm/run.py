@@ -363,7 +363,8 @@ def report(name: str, profile: dict, known: dict[tuple[str, str], dict], command
              "* loss: mean negative log-likelihood per response token; step s: training wall seconds / steps; unit "
              "CPU s: the CPU time of the unit's processes (model loads, training, evaluations; what it costs one "
              "core); peak MB: the training process's peak resident set (weights, gradients, optimizer and method "
-             "state, activations, plus Python and torch), from the kernel; load: the machine's 1-minute load "
+             "state, activations, plus Python and torch; its final evaluation included), from the kernel (the base "
+             "model: its largest evaluation process); load: the machine's 1-minute load "
              "average when each process started and ended (2 cores: above 2 the run shared its core)", ""]
     lines += ["| GSM8K | lr | trainable | val loss | test loss | test ppl | exact match | train loss first → last | "
               "step s | train s | unit CPU s | peak MB | load |", "|" + "---|" * 13]
@@ -376,7 +377,8 @@ def report(name: str, profile: dict, known: dict[tuple[str, str], dict], command
         test, held = m.get("test", {}), m.get("heldout", {})
         em = test.get("exact_match")
         em_cell = "—" if em is None else f"{em:.3f} ({round(em * g['test'])}/{g['test']})"
-        peak = (r["procs"].get("train") or r["procs"].get("test", {})).get("peak_rss_mb")
+        peak = (r["procs"]["train"]["peak_rss_mb"] if "train" in r["procs"] else
+                max(p.get("peak_rss_mb", 0) for p in r["procs"].values()))
         label = "before (base model)" if method == "base" else method
         cells = [label, _num(r.get("lr"), "g"), _num(r.get("trainable"), ","), _num(held.get("loss"), ".4f"),
                  _num(test.get("loss"), ".4f"), _num(test.get("perplexity"), ".3f"), em_cell, _loss_cell(r),
