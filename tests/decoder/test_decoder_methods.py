@@ -120,6 +120,23 @@ def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small
     assert json.loads(stdout)["metrics"]["test"]["loss"] == pytest.approx(doc["metrics"]["test"]["loss"], rel=1e-5)
 
 
+def test_eval_of_a_lora_run_without_merged_weights_loads_its_adapter(cli, tiny_lms, gsm8k_small, tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = cli("train", tiny_lms["llama"], "gsm8k", "--data-dir", gsm8k_small, "--method", "lora",
+                          "--max-steps", "2", "--batch-size", "4", "--set", "data.train_size=8",
+                          "--set", "data.eval_size=4", "--set", "data.max_new_tokens=0", "--set", "train.lr=1e-2",
+                          "-o", out)
+    assert code == 0, stderr
+    assert (out / "adapter").is_dir() and not (out / "model").exists()
+    # data.max_new_tokens=0 in training: loss only, so no exact match to report as the main metric
+    assert json.loads((out / "results.json").read_text())["main_metric"]["value"] is None
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=4", "--set", "data.max_new_tokens=0",
+                               "--format", "json")
+    assert code == 0, stderr
+    trained = json.loads((out / "results.json").read_text())["metrics"]["test"]["loss"]
+    assert json.loads(stdout)["metrics"]["test"]["loss"] == pytest.approx(trained, rel=1e-5)
+
+
 def test_the_held_out_split_of_a_causal_lm_run_gets_the_loss_only(cli, tiny_lms, gsm8k_small, tmp_path):
     """Generation is the costly part of an evaluation: the split carved from the training data is scored by
     loss and perplexity (what model selection reads), the test split is also generated and scored."""
