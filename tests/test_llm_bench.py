@@ -131,9 +131,14 @@ def test_an_interrupted_training_resumes_and_a_failed_one_is_reported(bench, pro
 
 
 def test_peak_memory_is_the_child_processes_own(bench, monkeypatch):
+    import resource
+
     touch = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"  # 200 MB, every page written
     rc, wall, rss, cpu = bench.run_process([sys.executable, "-c", touch])
-    assert rc == 0 and wall > 0 and 200 < rss < 400 and cpu > 0
+    # Linux keeps a child's high-water mark across exec, so the parent's pages at the fork may count too: the
+    # runner holds ~30 MB, this test process (after other tests loaded models) far more.
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert rc == 0 and wall > 0 and cpu > 0 and 200 < rss < 400 + parent_mb
     seen, popen = [], bench.subprocess.Popen
     monkeypatch.setattr(bench.subprocess, "Popen", lambda cmd, **kw: seen.append(cmd) or popen(
         [sys.executable, "-c", "pass"], **kw))

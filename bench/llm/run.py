@@ -193,7 +193,8 @@ def command(step: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------- running
 def run_process(cmd: list[str]) -> tuple[int, float, float, float]:
     """(exit code, wall seconds, peak resident MB, CPU seconds) of one child process: ru_maxrss, ru_utime and
-    ru_stime from wait4 (the CPU time is what the run costs one core, however loaded the machine is)."""
+    ru_stime from wait4 (the CPU time is what the run costs one core, however loaded the machine is). Linux
+    keeps the high-water mark across exec, so the runner's own ~30 MB at the fork may count in the peak."""
     if cmd[0] == "sftune":  # this interpreter's sftune, whether or not its environment is activated
         cmd = [sys.executable, "-m", "sftune", *cmd[1:]]
     t0 = time.time()
