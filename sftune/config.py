@@ -54,8 +54,12 @@ class DataConfig:
     eval_batch_size: int = option(64, "Batch size for evaluation (and for generation in causal-LM tasks).")
     eval_size: int | None = option(None, "Causal-LM tasks: evaluate on the first N examples of each evaluation "
                                    "split only (a fixed subset, so CPU runs stay affordable).")
-    max_new_tokens: int = option(256, "Causal-LM tasks: at most this many generated tokens per answer.")
+    max_new_tokens: int = option(256, "Causal-LM tasks: at most this many generated tokens per answer; 0 skips "
+                                 "generation (loss and perplexity only).")
     temperature: float = option(0.0, "Causal-LM tasks: 0 generates greedily; above 0, samples at that temperature.")
+    generation_threads: int = option(1, "Causal-LM tasks on a CPU: intra-op threads while generating (decode steps "
+                                     "are tiny; on shared cores more threads wait at every barrier); 0 keeps "
+                                     "torch's setting.")
 
 
 @dataclass
@@ -282,6 +286,9 @@ def _range_errors(model: ModelConfig, data: DataConfig, train: TrainConfig) -> l
         ("train.save_minutes", train.save_minutes, train.save_minutes >= 0, "at least 0 (0 disables)"),
         ("data.eval_batch_size", data.eval_batch_size, data.eval_batch_size >= 1, "at least 1"),
         ("data.train_size", data.train_size, data.train_size is None or data.train_size >= 1, "at least 1"),
+        ("data.max_new_tokens", data.max_new_tokens, data.max_new_tokens >= 0, "at least 0 (0: no generation)"),
+        ("data.generation_threads", data.generation_threads, data.generation_threads >= 0,
+         "at least 0 (0 keeps torch's thread count)"),
         ("model.dropout", model.dropout, model.dropout is None or 0 <= model.dropout < 1, "in [0, 1)"),
     ]
     return [f"{key} must be {expected}, got {value}" for key, value, ok, expected in checks if not ok]

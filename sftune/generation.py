@@ -56,10 +56,17 @@ SCORERS = {"gsm8k": score_gsm8k, "exact": score_exact}
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-             temperature: float = 0.0, seed: int = 0) -> list[str]:
+             temperature: float = 0.0, seed: int = 0, threads: int = 1) -> list[str]:
     """Continuations of token-id prompts, batched with left padding (the prompts' ends line up, so every row
     starts generating at the same position). Greedy when temperature is 0, else sampling with that
-    temperature from a seeded generator. Returns the decoded new text of each prompt, special tokens removed."""
+    temperature from a seeded generator. Returns the decoded new text of each prompt, special tokens removed,
+    in the prompts' order.
+
+    Prompts are batched longest first, so the rows of a batch have similar lengths and little left padding.
+    On a CPU the decoding runs with `threads` intra-op threads (0: torch's setting): each decode step is a
+    chain of ~450 small matrix-vector-sized operations, and every multi-threaded one waits at an OpenMP barrier
+    for all its threads; when the cores are shared with other jobs that wait is a scheduler time slice, and
+    2 threads on this project's loaded 2-core machine generated 27x slower than 1 (docs/llm.md)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
@@ -69,18 +76,25 @@ def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_ne
         torch.manual_seed(seed)
     else:
         options.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    was_training = model.training
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    was_training, previous_threads = model.training, torch.get_num_threads()
+    if device.type == "cpu" and threads > 0:
+        torch.set_num_threads(threads)
     model.eval()
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **options)
-        out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-    model.train(was_training)
-    return out
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(prompts[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[r, width - len(prompts[i]):] = 1
+            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **options)
+            for i, text in zip(rows, tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)):
+                texts[i] = text
+    finally:
+        torch.set_num_threads(previous_threads)
+        model.train(was_training)
+    return texts

@@ -236,7 +236,7 @@ def _finish(trainer: Trainer, run_dir: RunDir, metrics: dict) -> dict:
         "seed": trainer.cfg.train.seed,
         "metrics": metrics,
         "main_metric": {"split": first, "name": trainer.task.main_metric,
-                        "value": metrics[first][trainer.task.main_metric]},
+                        "value": metrics[first].get(trainer.task.main_metric)},  # None: no generation (0 tokens)
         "steps": trainer.state.step,
         "n_train": trainer.n_train,
         "train_seconds": trainer.state.train_seconds,

@@ -68,7 +68,8 @@ def evaluate(
                 f"finish it with sftune train --resume --output-dir {target}")
         raise UsageError(f"{target} is not a complete run (status: {status}): it has no final model to evaluate. "
                          f"To evaluate it, {todo}.")
-    if run.config.is_file() and not run.model.is_dir():
+    adapter = run.path / "adapter"
+    if run.config.is_file() and not run.model.is_dir() and not adapter.is_dir():
         if not diff_path.is_file():
             raise UsageError(f"{target} kept no weights (train.keep_weights=none): it cannot be evaluated again. "
                              "Retrain it with --set train.keep_weights=model.")
@@ -77,7 +78,6 @@ def evaluate(
         raise UsageError(f"--from-diff: {target} has no diff.safetensors (only runs that changed under half of "
                          "the weights write one). Evaluate the run directory without --from-diff.")
     # A LoRA run without model/ (no method.merge): its base model plus adapter/, merged after loading.
-    adapter = run.path / "adapter"
     from_adapter = run.config.is_file() and not run.model.is_dir() and not from_diff and adapter.is_dir()
     if run.config.is_file() and (run.model.is_dir() or from_diff or from_adapter):
         stored = load_yaml(run.config, what="run config")

@@ -83,7 +83,7 @@ def test_regularisers_on_the_lm_loss(cli, tiny_lms, gsm8k_small, tmp_path, reg, 
         assert 0 < train[0]["mixout/kept"] < 1
 
 
-def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small, tmp_path):
+def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small, tmp_path, monkeypatch):
     out = tmp_path / "run"
     code, _, stderr = _train(cli, tiny_lms["llama"], "gsm8k", gsm8k_small, out, "--method", "full")
     assert code == 0, stderr
@@ -95,6 +95,58 @@ def test_eval_of_a_causal_lm_run_generates_and_scores(cli, tiny_lms, gsm8k_small
     assert [r["idx"] for r in rows] == [0, 1, 2]
     assert all(set(r) == {"idx", "label", "prediction", "correct", "generated"} for r in rows)
     assert rows[0]["label"] == "18"  # the first GSM8K test answer's number after ####
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=3", "--set", "data.max_new_tokens=0",
+                               "--format", "json", "-o", tmp_path / "loss-only")
+    assert code == 0, stderr
+    assert set(json.loads(stdout)["metrics"]["test"]) == {"loss", "perplexity"}  # 0 new tokens: no generation
+    assert json.loads(stdout)["metrics"]["test"]["loss"] == doc["metrics"]["test"]["loss"]
+    # Evaluation forwards slices of rows small enough for causal_lm.LOGITS_BUDGET: one row at a time here, the
+    # same loss as the whole batch of 64 at once.
+    import sftune.causal_lm
+
+    seen, chunks = [], sftune.causal_lm.row_chunks
+
+    def recorded(batch, vocab):
+        for part in chunks(batch, vocab):
+            seen.append(part)
+            yield part
+
+    monkeypatch.setattr(sftune.causal_lm, "LOGITS_BUDGET", 1)  # less than one row's logits: one row per slice
+    monkeypatch.setattr(sftune.causal_lm, "row_chunks", recorded)
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=3", "--set", "data.max_new_tokens=0",
+                               "--format", "json", "-o", tmp_path / "one-row")
+    assert code == 0, stderr
+    assert len(seen) == 3 and all(len(part["input_ids"]) == 1 for part in seen)
+    assert json.loads(stdout)["metrics"]["test"]["loss"] == pytest.approx(doc["metrics"]["test"]["loss"], rel=1e-5)
+
+
+def test_eval_of_a_lora_run_without_merged_weights_loads_its_adapter(cli, tiny_lms, gsm8k_small, tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = cli("train", tiny_lms["llama"], "gsm8k", "--data-dir", gsm8k_small, "--method", "lora",
+                          "--max-steps", "2", "--batch-size", "4", "--set", "data.train_size=8",
+                          "--set", "data.eval_size=4", "--set", "data.max_new_tokens=0", "--set", "train.lr=1e-2",
+                          "-o", out)
+    assert code == 0, stderr
+    assert (out / "adapter").is_dir() and not (out / "model").exists()
+    # data.max_new_tokens=0 in training: loss only, so no exact match to report as the main metric
+    assert json.loads((out / "results.json").read_text())["main_metric"]["value"] is None
+    code, stdout, stderr = cli("eval", out, "gsm8k", "--set", "data.eval_size=4", "--set", "data.max_new_tokens=0",
+                               "--format", "json")
+    assert code == 0, stderr
+    trained = json.loads((out / "results.json").read_text())["metrics"]["test"]["loss"]
+    assert json.loads(stdout)["metrics"]["test"]["loss"] == pytest.approx(trained, rel=1e-5)
+
+
+def test_the_held_out_split_of_a_causal_lm_run_gets_the_loss_only(cli, tiny_lms, gsm8k_small, tmp_path):
+    """Generation is the costly part of an evaluation: the split carved from the training data is scored by
+    loss and perplexity (what model selection reads), the test split is also generated and scored."""
+    out = tmp_path / "run"
+    code, _, stderr = _train(cli, tiny_lms["llama"], "gsm8k", gsm8k_small, out, "--method", "full",
+                             "--set", "data.validation_from_train=6")
+    assert code == 0, stderr
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert set(metrics["heldout"]) == {"loss", "perplexity"}
+    assert set(metrics["test"]) == {"loss", "perplexity", "exact_match"}
 
 
 @pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "stsb"])

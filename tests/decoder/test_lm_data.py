@@ -103,9 +103,33 @@ def test_batched_left_padded_greedy_generation_equals_one_by_one(tiny_lms, famil
     tok = load_tokenizer(str(tiny_lms[family]))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_lms[family]))
     prompts = [tok("the cat sat")["input_ids"], tok("on the mat the dog barked at night")["input_ids"], [5]]
-    batched = generate(model, tok, prompts, batch_size=3, max_new_tokens=6)
     alone = [generate(model, tok, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
-    assert batched == alone and any(batched)
+    for batch_size in (3, 2):  # 2: batched longest first, [long, medium] then [short]; answers in prompt order
+        assert generate(model, tok, prompts, batch_size=batch_size, max_new_tokens=6) == alone
+    assert len(set(alone)) > 1
+
+
+def test_generation_runs_with_its_own_thread_count_and_restores_it(tiny_lms):
+    """Decode steps run with `threads` intra-op threads on a CPU (one by default: on shared cores more threads
+    made generation 27x slower here), and the caller's thread count and training mode come back afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(tiny_lms["llama"]))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lms["llama"]))
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        model.train()
+        generate(model, tok, [tok("the cat sat")["input_ids"]], batch_size=1, max_new_tokens=3)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2 and model.training
+        seen.clear()
+        generate(model, tok, [tok("the cat sat")["input_ids"]], batch_size=1, max_new_tokens=3, threads=0)
+        assert set(seen) == {2}  # 0 keeps torch's setting
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_collator_pads_right_and_masks_labels():
