@@ -25,6 +25,9 @@ from sftune.errors import UsageError, did_you_mean
 
 # Declaring, coercing and checking options lives in the leaf module sftune.options (plug-ins import it from there).
 from sftune.options import MethodChoice, PluginChoice, coerce, coerce_field, option, plugin_options
+from sftune.tasks import TASKS
+
+LM_MAX_LENGTH = 384  # data.max_length of causal-LM tasks when the configuration leaves it unset
 
 
 @dataclass
@@ -43,7 +46,10 @@ class DataConfig:
     validation_file: str | None = option(None, "CSV/TSV/JSONL validation file.")
     text_columns: list[str] | None = option(None, "Text column(s) in --train-file/--validation-file.")
     label_column: str = option("label", "Label column in --train-file/--validation-file.")
-    max_length: int = option(128, "Maximum tokens per example (longest-first truncation).")
+    max_length: int = option(128, "Maximum tokens per example (longest-first truncation). Causal-LM tasks "
+                                  f"(gsm8k, instruct) default to {LM_MAX_LENGTH} when it is not set: 128 cuts "
+                                  "most GSM8K answers (with SmolLM2's chat template a row averages 217 tokens, "
+                                  "p95 350; 384 keeps 97.8% whole).")
     train_size: int | None = option(None, "Use only this many training examples, drawn from the seed.")
     stratified: bool = option(False, "Draw --train-size keeping the label proportions.")
     validation_from_train: int | None = option(None, "Set this many training examples aside (stratified, drawn "
@@ -203,6 +209,7 @@ def build(tree: dict[str, Any]) -> RunConfig:
     regs = tree.pop("regs", None) or []
     preset = tree.pop("preset", None)
     sections: dict[str, Any] = {}
+    data_keys = set(tree.get("data") or {})
     for name, cls in SECTIONS.items():
         given = dict(tree.pop(name, None) or {})
         hints = typing.get_type_hints(cls)
@@ -241,6 +248,8 @@ def build(tree: dict[str, Any]) -> RunConfig:
 
     regs_out = _build_regs(regs, method_name, errors)
 
+    if "max_length" not in data_keys and _is_causal_lm(task):
+        sections["data"].max_length = LM_MAX_LENGTH
     model = sections["model"]
     if not task:
         errors.append("no task given")
@@ -267,6 +276,11 @@ def build(tree: dict[str, Any]) -> RunConfig:
     assert method is not None  # an unknown method is an error above
     return RunConfig(model=model, task=str(task), method=method, data=sections["data"], train=train,
                      regs=regs_out, preset=preset)
+
+
+def _is_causal_lm(task: Any) -> bool:
+    # unknown task names are reported where the task is read (get_task, with did-you-mean)
+    return str(task) in TASKS and TASKS[str(task)].is_causal_lm
 
 
 def _range_errors(model: ModelConfig, data: DataConfig, train: TrainConfig) -> list[str]:

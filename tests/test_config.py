@@ -95,3 +95,13 @@ def test_preset_cannot_execute_python(tmp_path):
     evil.write_text("config: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(UsageError):
         load_preset(str(evil))
+
+
+def test_causal_lm_tasks_default_to_a_longer_max_length_unless_set():
+    # 128 tokens cut most GSM8K rows; a causal-LM task gets 384 when nothing sets data.max_length.
+    assert build({"model": {"name": "m"}, "task": "gsm8k"}).data.max_length == 384
+    assert build({"model": {"name": "m"}, "task": "instruct"}).data.max_length == 384
+    assert build({"model": {"name": "m"}, "task": "gsm8k", "data": {"max_length": 200}}).data.max_length == 200
+    assert build({"model": {"name": "m"}, "task": "rte"}).data.max_length == 128
+    resolved = build({"model": {"name": "m"}, "task": "gsm8k"}).to_dict()
+    assert build(resolved).data.max_length == 384  # config.yaml records it: a resume reads the same value

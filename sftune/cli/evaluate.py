@@ -45,7 +45,7 @@ def check_same_labels(trained: str, task: str, target: str) -> None:
 def evaluate(
     target: Annotated[str, typer.Argument(help="A run directory written by 'sftune train', or a model "
                                           "(Hub id, local path, 'minilm').")],
-    task: Annotated[str, typer.Argument(help="GLUE task name.")],
+    task: Annotated[str, typer.Argument(help="Task to evaluate on (the names sftune train --help lists).")],
     data_dir: DataDir = None,
     train_file: TrainFile = None,
     validation_file: ValidationFile = None,

@@ -205,7 +205,7 @@ def _raise_interrupt(signum, frame):
 @training_options
 def sweep(
     model: Annotated[str, typer.Argument(help="Model (as for 'sftune train'), or a sweep YAML file.")],
-    task: Annotated[str | None, typer.Argument(help="GLUE task (optional with a sweep file: overrides it).")] = None,
+    task: Annotated[str | None, typer.Argument(help="Task (optional with a sweep file: overrides it).")] = None,
     method: Annotated[list[str] | None, typer.Option("--method", "-m", help="Method(s): --method dps-mix,full "
                       "or repeated (default: the grid presets' methods, else full).")] = None,
     grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="Grid axis key=v1,v2,... (repeatable; "

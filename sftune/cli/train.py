@@ -54,7 +54,7 @@ def _stored_tree(source: Path, where: str, method: str | None, preset: str | Non
 def train(
     model: Annotated[str | None, typer.Argument(help="Hub id, local path, or 'minilm' (offline MiniLM weights). "
                      "Leave MODEL and TASK out with --resume -o DIR to continue from DIR/config.yaml.")] = None,
-    task: Annotated[str | None, typer.Argument(help="GLUE task: " + ", ".join(TASKS) + ".")] = None,
+    task: Annotated[str | None, typer.Argument(help="Task: " + ", ".join(TASKS) + ".")] = None,
     method: Method = None,
     mask_mode: MaskMode = None,
     preset: PresetName = None,
