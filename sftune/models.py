@@ -8,6 +8,7 @@ which works without a network.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -112,6 +113,8 @@ def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: 
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
     try:
+        # The checkpoint's own config too: the label names its head (if any) was trained for.
+        own = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **kwargs)
     except (OSError, ValueError) as e:
         raise _hub_error(name, e) from None
@@ -121,11 +124,28 @@ def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: 
     try:
         # A checkpoint with a head for another label count (a model fine-tuned on another task) gets a new
         # head of the right size, as when fine-tuning a plain encoder.
-        return AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             path, config=config, trust_remote_code=trust_remote_code, revision=revision,
-            ignore_mismatched_sizes=True)
+            ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise _hub_error(name, e) from None
+    model.sftune_head = checkpoint_head(model, info, own)
+    return model
+
+
+def checkpoint_head(model: nn.Module, info: dict, own_config) -> dict:
+    """Where the classification head's weights came from, for `sftune eval` to say so: {"head": "new"} when any
+    head parameter was missing from the checkpoint or had another shape (a plain encoder, or a head for another
+    label count), so it was newly initialised; else {"head": "checkpoint", "labels": the label names the
+    checkpoint's config gives its head, or None when they are only the generic LABEL_0, LABEL_1...}."""
+    # transformers 4 lists mismatched keys as (name, shape, shape) tuples in a list, 5 in a set.
+    fresh = set(info.get("missing_keys") or ()) | {k[0] for k in info.get("mismatched_keys") or ()}
+    if any(is_head(k, head_prefixes(model)) for k in fresh):
+        return {"head": "new"}
+    id2label = getattr(own_config, "id2label", None) or {}
+    labels = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    generic = all(re.fullmatch(r"LABEL_\d+", n) for n in labels)
+    return {"head": "checkpoint", "labels": None if generic else labels}
 
 
 def set_dropout(config, p: float) -> None:

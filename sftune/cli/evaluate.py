@@ -12,9 +12,17 @@ from rich.console import Console
 from sftune.artifacts import RunDir, atomic_write_json
 from sftune.cli import app
 from sftune.cli.common import check_format, examples, user_errors
-from sftune.cli.options import DataDir, Format, SetItems, TrainFile, ValidationFile
+from sftune.cli.options import (
+    DataDir,
+    Format,
+    SetItems,
+    TrainFile,
+    TrustRemoteCode,
+    ValidationFile,
+    warn_remote_code,
+)
 from sftune.cli.render import print_results
-from sftune.config import build, load_yaml, parse_set, set_dotted
+from sftune.config import build, load_yaml, parse_set, refuse_remote_code, set_dotted
 from sftune.diff import apply_diff
 from sftune.engine.guard import Diverged
 from sftune.engine.loop import Trainer
@@ -36,11 +44,32 @@ def check_same_labels(trained: str, task: str, target: str) -> None:
                          "labels with sftune transfer.")
 
 
+def head_of_bare_model(model, target: str, task) -> dict:
+    """A model that is not a run directory is scored with whatever head its checkpoint gives the task: say so
+    (one warning line) when that head is newly initialised, i.e. random, or was trained for other labels.
+    Returns what metrics.json records ({} for causal LMs, which have no classification head)."""
+    found = getattr(model, "sftune_head", None)
+    if found is None:
+        return {}
+    if found["head"] == "new":
+        typer.echo(f"sftune: warning: {target} has no classification head for {task.name} ({task.num_labels} "
+                   "outputs): eval gave it a newly initialised, random head, so these metrics are those of a "
+                   "random head. Fine-tune it first (sftune train) and evaluate the run directory.", err=True)
+        return {"head": "new"}
+    theirs, ours = found.get("labels"), list(task.label_names or [])
+    if theirs and ours and [n.lower() for n in theirs] != [n.lower() for n in ours]:
+        typer.echo(f"sftune: warning: {target}'s head was trained for labels {', '.join(theirs)}, but "
+                   f"{task.name}'s labels are {', '.join(ours)}: its outputs are read by position, so these "
+                   "metrics may mean nothing. Fine-tune it on the task first (sftune train).", err=True)
+        return {"head": "checkpoint", "head_labels": theirs}
+    return {"head": "checkpoint"}
+
+
 @app.command("eval", help="Evaluate a run directory (its model/) or any model on TASK's dev split(s).",
              epilog=examples(
     "sftune eval runs/x rte",
     "sftune eval runs/x rte --from-diff    # base model + the sparse diff",
-    "sftune eval minilm rte --data-dir DIR --format json"))
+    "sftune eval minilm rte --data-dir DIR --format json    # a bare model: warns that its head is new"))
 @user_errors
 def evaluate(
     target: Annotated[str, typer.Argument(help="A run directory written by 'sftune train', or a model "
@@ -56,9 +85,15 @@ def evaluate(
     from_diff: Annotated[bool, typer.Option("--from-diff", help="Rebuild the model as the run's base model plus "
                          "its diff.safetensors (the sparse artifact) instead of loading model/.")] = False,
     format_: Format = "table",
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     check_format(format_)
     task_name = get_task(task).name
+    sets = parse_set(set_ or [])
+    given: dict = {}
+    for key, value in sets.items():
+        set_dotted(given, key, value)
+    refuse_remote_code(given, "--set")
     run = RunDir(target)
     tree: dict = {"task": task_name, "method": {"name": "full"}}
     diff_path = run.path / "diff.safetensors"
@@ -79,10 +114,14 @@ def evaluate(
                          "the weights write one). Evaluate the run directory without --from-diff.")
     # A LoRA run without model/ (no method.merge): its base model plus adapter/, merged after loading.
     from_adapter = run.config.is_file() and not run.model.is_dir() and not from_diff and adapter.is_dir()
-    if run.config.is_file() and (run.model.is_dir() or from_diff or from_adapter):
+    is_run = run.config.is_file() and (run.model.is_dir() or from_diff or from_adapter)
+    if is_run:
         stored = load_yaml(run.config, what="run config")
         check_same_labels(str(stored.get("task", "")), task_name, target)
         base = dict(stored.get("model") or {})
+        if base.get("trust_remote_code") and not trust_remote_code:  # the run's choice is not carried over
+            raise UsageError(f"{target} was trained with --trust-remote-code (its model runs its own Python "
+                             "code); pass --trust-remote-code again to evaluate it.")
         on_base = from_diff or from_adapter
         tree["model"] = {**base, "dropout": None} if on_base else {"name": str(run.model), "dropout": None}
         tree["data"] = dict(stored.get("data") or {})
@@ -100,19 +139,27 @@ def evaluate(
                        "data.validation_file": validation_file}.items():
         if value is not None:
             set_dotted(tree, key, value)
-    for key, value in parse_set(set_ or []).items():
+    tree["model"]["trust_remote_code"] = trust_remote_code
+    for key, value in sets.items():
         set_dotted(tree, key, value)
     if tree.get("data", {}).get("validation_file") and not tree["data"].get("train_file"):
         tree["data"]["train_file"] = tree["data"]["validation_file"]  # eval needs no training data
     cfg = build(tree)
+    if trust_remote_code:
+        warn_remote_code(cfg.model.name, "metrics.json")
     trainer = Trainer(cfg)
     trainer.build(need_train=False)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not is_run:
+        head = head_of_bare_model(model, target, get_task(task_name))
+    else:  # the run's own head (model/, or the diff's or adapter's on the base model)
+        head = {} if get_task(task_name).is_causal_lm else {"head": "run"}
     if from_diff:
-        apply_diff(trainer.accelerator.unwrap_model(trainer.model), diff_path)
+        apply_diff(model, diff_path)
     if from_adapter:
         from sftune.methods.lora import load_adapter
 
-        load_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter)
+        load_adapter(model, adapter)
     try:
         metrics, predictions = trainer.evaluate()
     except Diverged as e:  # e.g. a run written before divergence was detected: no metric from NaN outputs
@@ -121,7 +168,8 @@ def evaluate(
     out = RunDir(output_dir or default_out)
     for split, rows in predictions.items():
         out.write_predictions(split, rows)
-    doc = {"model": cfg.model.name, "task": task_name, "source": source, "metrics": metrics,
+    doc = {"model": cfg.model.name, "task": task_name, "source": source, **head,
+           "trust_remote_code": cfg.model.trust_remote_code, "metrics": metrics,
            "output_dir": str(out.path),
            "predictions": {s: str(out.predictions / f"{s}.jsonl") for s in predictions}}
     atomic_write_json(out.path / "metrics.json", doc)

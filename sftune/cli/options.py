@@ -45,6 +45,16 @@ Reg = Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regula
 TrainSize = Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from the seed "
                                                "(low-resource setting).")]
 Stratified = Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")]
+# Running a model repository's own Python is the user's decision, typed on the command line of train, eval and
+# transfer (a preset, sweep file or --set that turns it on is refused: config.refuse_remote_code).
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the Python code that ships with "
+                                               "the model (only for repositories you trust).")]
+
+
+def warn_remote_code(model: str, recorded_in: str) -> None:
+    """The warning line every command prints when --trust-remote-code is on."""
+    typer.echo(f"sftune: warning: --trust-remote-code: running the Python code that ships with {model} "
+               f"(it runs with your permissions); recorded in {recorded_in}.", err=True)
 
 # The schedule and data options `train` and `sweep` both take, in help order (`training_options` adds them).
 TRAINING: dict[str, Any] = {"epochs": Epochs, "max_steps": MaxSteps, "lr": LearningRate, "batch_size": BatchSize,

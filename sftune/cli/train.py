@@ -14,7 +14,19 @@ from sftune import trackers
 from sftune.artifacts import RunDir
 from sftune.cli import app
 from sftune.cli.common import check_format, examples, user_errors
-from sftune.cli.options import Format, MaskMode, Method, PresetName, Reg, ReportTo, Seed, SetItems, training_options
+from sftune.cli.options import (
+    Format,
+    MaskMode,
+    Method,
+    PresetName,
+    Reg,
+    ReportTo,
+    Seed,
+    SetItems,
+    TrustRemoteCode,
+    training_options,
+    warn_remote_code,
+)
 from sftune.cli.render import reporter_for, trainable_table
 from sftune.config import build, load_yaml, parse_set
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
@@ -75,8 +87,7 @@ def train(
     report_to: ReportTo = None,
     plots: Annotated[bool, typer.Option("--plots", help="Write plots.png (loss, lr, validation metric, "
                      "shares) into the run directory at the end (needs matplotlib).")] = False,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the Python code that ships "
-                                 "with the model (only for repositories you trust).")] = False,
+    trust_remote_code: TrustRemoteCode = False,
     config: Annotated[Path | None, typer.Option("--config", hidden=True, help="Start from a resolved config.yaml "
                       "instead of MODEL and TASK (what a sweep's runs do).")] = None,
 ) -> None:
@@ -105,8 +116,7 @@ def train(
     cfg = build(tree)
     model, task_name, method = cfg.model.name, cfg.task, cfg.method.name
     if cfg.model.trust_remote_code:
-        typer.echo(f"sftune: warning: --trust-remote-code: running the Python code that ships with {model} "
-                   "(it runs with your permissions); recorded in manifest.json.", err=True)
+        warn_remote_code(model, "manifest.json")
     trackers.parse(cfg.train.report_to)  # unknown or missing trackers fail now, not after loading the model
     if cfg.train.plots and not dry_run:
         from sftune.plots import require_matplotlib

@@ -30,7 +30,9 @@ from sftune.cli.options import (
     Seed,
     SetItems,
     TrainFile,
+    TrustRemoteCode,
     ValidationFile,
+    warn_remote_code,
 )
 from sftune.cli.render import fmt, reporter_for
 from sftune.config import build, deep_merge, parse_set
@@ -110,6 +112,7 @@ def transfer(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output-dir; a "
                       "complete run is not trained again, targets already evaluated the same way are kept.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output-dir.")] = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     check_format(format_)
     specs = tr.parse_targets(targets, target_file, target_set)
@@ -133,6 +136,9 @@ def transfer(
             raise UsageError(f"{model} is a trained run directory: {', '.join(extra)} only apply when training. "
                              "Drop them, or give a model to train a new run.")
         cfg = stored_config(given)
+        if cfg.model.trust_remote_code and not trust_remote_code:  # the run's choice is not carried over
+            raise UsageError(f"{model} was trained with --trust-remote-code (its model runs its own Python code); "
+                             "pass --trust-remote-code again to evaluate it.")
         run = given
         previous = read_json(given.path / "transfer.json") or {}
         source_name = previous.get("source") or cfg.task
@@ -150,7 +156,8 @@ def transfer(
         options = config_options(
             seed=seed, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, data_dir=data_dir,
             train_file=train_file, validation_file=validation_file, mask_mode=mask_mode,
-            train_size="none" if train_size == 0 else train_size, stratified=stratified)
+            train_size="none" if train_size == 0 else train_size, stratified=stratified,
+            trust_remote_code=trust_remote_code or None)
         base = {"data": {"train_size": DEFAULT_TRAIN_SIZE, "stratified": True}}
         tree = training_tree(model, task_name, method or "full", preset=preset, options=options, regs=reg or [],
                              sets=parse_set(set_ or []), base=base)
@@ -160,6 +167,8 @@ def transfer(
         name = f"{stem}-{source_name}-{cfg.method.name}-seed{cfg.train.seed}-transfer"
         run = RunDir(output_dir or Path("runs") / name)
         out_dir = run.path
+    if cfg.model.trust_remote_code:
+        warn_remote_code(cfg.model.name, "the run's manifest.json")
     source_labels = tr.source_labels_of(cfg.task)
 
     # Every label set that is known without data is checked now: an unmappable target fails before training.
