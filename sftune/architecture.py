@@ -15,8 +15,11 @@ Mistral, GPT-2) alike:
   input embedding, `named_parameters()` lists the shared weight once;
 * the layer stack (`layer_stack`): the top-level ModuleLists of identical blocks (BERT `encoder.layer`, BART
   encoder then decoder `layers`, Llama/Qwen/Mistral `model.layers`, GPT-2 `transformer.h`);
-* `projection_role` (q, k, v, qkv, o, gate, up, down) and `adapter_targets` (the attention and MLP projections'
-  leaf names, the default targets of adapter methods such as LoRA).
+* `projection_role` (q, k, v, qkv, o, gate, up, down), `attention_projection_parameters` (what the attention
+  method trains) and `adapter_targets` (the attention and MLP projections' leaf names, the default targets of
+  adapter methods such as LoRA);
+* `output_layer_parameters` (an untied lm_head: layer-wise LR decay puts it at the top) and `inactive_copies`
+  (peft's frozen original of a module it trains a copy of: counted once in tables).
 """
 
 from __future__ import annotations
@@ -113,6 +116,27 @@ def output_embedding(model: nn.Module) -> nn.Module | None:
         return None
     get = getattr(model, "get_output_embeddings", None)
     return get() if callable(get) else None
+
+
+def output_layer_parameters(model: nn.Module) -> set[str]:
+    """Parameter names listed under a causal LM's output projection: an untied lm_head's weight. A tied lm_head
+    shares the input embedding's tensor, which named_parameters() lists once, under the input embedding: none."""
+    out = output_embedding(model)
+    if out is None:
+        return set()
+    prefixes = tuple(f"{n}." for n, m in model.named_modules() if m is out and n)
+    return {n for n, _ in model.named_parameters() if prefixes and n.startswith(prefixes)}
+
+
+def inactive_copies(model: nn.Module) -> set[str]:
+    """Parameter names of frozen originals that a wrapper keeps beside the copy it trains and runs: peft's
+    modules_to_save (LoRA's task head) holds `classifier.original_module.*` and `classifier.modules_to_save.
+    default.*`; only the latter is part of the model being trained, so tables count it alone."""
+    wrappers = [n for n, m in model.named_modules()  # read _modules: peft's __getattr__ forwards to the copy
+                if isinstance(m._modules.get("modules_to_save"), nn.ModuleDict)
+                and m._modules.get("original_module") is not None]
+    prefixes = tuple(f"{n}.original_module." if n else "original_module." for n in wrappers)
+    return {n for n, _ in model.named_parameters() if prefixes and n.startswith(prefixes)}
 
 
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -242,6 +266,16 @@ def projection_roles(model: nn.Module) -> dict[str, str]:
         if found:
             out[name] = found
     return out
+
+
+ATTENTION_ROLES = ("q", "k", "v", "qkv", "o")
+
+
+def attention_projection_parameters(model: nn.Module) -> set[str]:
+    """Parameter names (weights and biases) of the attention projections (q/k/v/qkv/o) of every layer: BERT
+    query/key/value/attention.output.dense, Llama q/k/v/o_proj, GPT-2 attn.c_attn and attn.c_proj."""
+    modules = {name for name, role in projection_roles(model).items() if role in ATTENTION_ROLES}
+    return {n for n, _ in model.named_parameters() if n.rpartition(".")[0] in modules}
 
 
 def adapter_targets(model: nn.Module) -> list[str]:

@@ -214,10 +214,14 @@ def group_of_params(model: nn.Module) -> dict[str, str]:
 
 
 def trainable_table(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Per group: total and trainable entries (and the model totals under 'all')."""
+    """Per group: total and trainable entries (and the model totals under 'all'). A frozen original that a
+    wrapper replaces by a trained copy (LoRA's head under peft's modules_to_save) is counted once, as the copy."""
     groups = group_of_params(model)
+    copies = architecture.inactive_copies(model)
     table = {g: {"total": 0, "trainable": 0} for g in GROUPS}
     for name, p in model.named_parameters():
+        if name in copies:
+            continue
         row = table[groups[name]]
         row["total"] += p.numel()
         row["trainable"] += p.numel() if p.requires_grad else 0

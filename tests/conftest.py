@@ -70,6 +70,11 @@ def build_tokenizer(family: str, corpus: list[str], out: Path):
     wp.train_from_iterator(corpus, vocab_size=600, min_frequency=2,
                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     wp.save_model(str(out))
+    # The trainer lists tokens of equal frequency in hash order, which changes from process to process: the same
+    # tokens got other ids in every session, so every tiny BERT-like model (and each test's trajectory) differed.
+    # Specials first, then sorted: the same vocabulary file every time.
+    vocab = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (out / "vocab.txt").write_text("\n".join(vocab[:5] + sorted(vocab[5:])) + "\n", encoding="utf-8")
     cls = ElectraTokenizerFast if family == "electra" else BertTokenizerFast
     return cls(vocab=str(out / "vocab.txt")) if v5 else cls(vocab_file=str(out / "vocab.txt"))
 

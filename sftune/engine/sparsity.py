@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sftune.architecture import inactive_copies
 from sftune.models import GROUPS
 
 
 class SparsityMeter:
     def __init__(self, model: nn.Module, groups: dict[str, str]):
-        self.params = dict(model.named_parameters())
+        copies = inactive_copies(model)  # LoRA's frozen original head: not part of the model that trains
+        self.params = {n: p for n, p in model.named_parameters() if n not in copies}
         self.groups = groups
         self.totals = {g: 0 for g in GROUPS}
         for name, p in self.params.items():

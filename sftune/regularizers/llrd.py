@@ -4,9 +4,13 @@ section 5).
 With N layers (`models.layer_stack`: BART's encoder layers then decoder layers) and l counted from the top
 (l = 0 the top layer):
 
-    head and pooler                      lr
+    head, pooler, untied lm_head         lr
     layer l                              lr * eta^(l + 1)
     everything else (embeddings, ...)    lr * eta^(N + 1)
+
+A causal LM's untied output projection (lm_head) is the output layer: it trains at lr, like a head. A tied
+lm_head is the input embedding's tensor (one parameter, listed under the embedding): it trains at the
+embedding's rate, since the lowest layer of the model reads the same weights.
 
 It only sets each optimizer group's initial `lr` (multiplying what is there, so it composes with other
 plug-ins); the scheduler scales every group's initial lr alike, so the schedule's shape is unchanged.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sftune.architecture import output_layer_parameters
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import layer_stack, pooler_modules
 from sftune.options import option
@@ -27,9 +32,10 @@ def depth_factors(model, head: tuple[str, ...], eta: float) -> dict[str, float]:
     stack = layer_stack(model)
     n = len(stack)
     top = tuple(f"{name}." for name, _ in pooler_modules(model)) + tuple(head)
+    output_layer = output_layer_parameters(model)
     out = {}
     for pname, _ in model.named_parameters():
-        if top and pname.startswith(top):
+        if (top and pname.startswith(top)) or pname in output_layer:
             out[pname] = 1.0
             continue
         factor = eta ** (n + 1)
@@ -46,9 +52,10 @@ class LLRD(Regularizer):
     name = "llrd"
     summary = "Layer-wise LR decay: layer l from the top trains at lr*eta^(l+1), embeddings lowest, head at lr."
     details = ("Howard & Ruder 2018; ELECTRA fine-tunes with eta 0.9 (DPS appendix C, the electra preset). sftune "
-               "follows methods.md: head and pooler at lr, top layer lr*eta, layer l from the top lr*eta^(l+1), "
-               "embeddings and every other parameter outside the layers (DeBERTa's relative embeddings, ELECTRA's "
-               "embeddings_project) lr*eta^(N+1). ELECTRA's own code uses one more factor eta below the head "
+               "follows methods.md: head, pooler and a causal LM's untied lm_head at lr (a tied lm_head is the input "
+               "embedding: its rate), top layer lr*eta, layer l from the top lr*eta^(l+1), embeddings and every "
+               "other parameter outside the layers (DeBERTa's relative embeddings, ELECTRA's embeddings_project, a "
+               "decoder's final norm) lr*eta^(N+1). ELECTRA's own code uses one more factor eta below the head "
                "(top layer eta^2, embeddings eta^(N+2)). BART: the stack is encoder then decoder layers. Groups are "
                "ordered highest lr first, so the logged lr is the head's.")
 

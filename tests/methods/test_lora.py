@@ -149,6 +149,24 @@ def test_merged_model_and_reloaded_adapter_equal_the_adapted_model(family, cls, 
         torch.testing.assert_close(reloaded(**data).logits, adapted, rtol=1e-5, atol=1e-5)
 
 
+def test_trainable_table_counts_the_head_once():
+    """peft's modules_to_save keeps the head twice (classifier.original_module, frozen, and
+    classifier.modules_to_save.default, trained): the table and the sparsity totals count the trained copy only."""
+    from sftune.engine.sparsity import SparsityMeter
+    from sftune.models import trainable_table
+
+    base_total = sum(p.numel() for p in tiny("bert").parameters())
+    head = H * 2 + 2  # BERT's classifier: H x 2 labels and 2 biases
+    model = tiny("bert")
+    method = adapt(model, rank=R)
+    assert sum(p.numel() for n, p in model.named_parameters() if n.startswith("classifier.")) == 2 * head  # the copy
+    table = trainable_table(model)
+    assert table["head"] == {"total": head, "trainable": head}
+    assert table["all"] == {"total": base_total + method.entries, "trainable": method.entries + head}
+    meter = SparsityMeter(model, group_of_params(model))
+    assert meter.totals["head"] == head and meter.total == base_total + method.entries
+
+
 def test_bad_targets_and_missing_modules_are_one_line_errors():
     from sftune.errors import UsageError
 
