@@ -40,6 +40,21 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, revision: str | N
         raise _hub_error(name, e) from None
 
 
+def usable_length(cfg) -> int:
+    """data.max_length, cut to the model's context length: a row longer than the position embeddings would fail
+    inside the model (GPT-2 with 256 positions under the causal-LM default of 384)."""
+    from transformers import AutoConfig
+
+    m = cfg.model
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
+                                            revision=m.revision)
+    except (OSError, ValueError) as e:
+        raise _hub_error(m.name, e) from None
+    positions = getattr(config, "max_position_embeddings", None)  # GPT-2's n_positions maps to it
+    return min(cfg.data.max_length, positions) if positions else cfg.data.max_length
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: the summed NLL of its response tokens and their number (next-token prediction)."""
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]

@@ -49,7 +49,8 @@ class DataConfig:
     max_length: int = option(128, "Maximum tokens per example (longest-first truncation). Causal-LM tasks "
                                   f"(gsm8k, instruct) default to {LM_MAX_LENGTH} when it is not set: 128 cuts "
                                   "most GSM8K answers (with SmolLM2's chat template a row averages 217 tokens, "
-                                  "p95 350; 384 keeps 97.8% whole).")
+                                  "p95 350; 384 keeps 97.8% whole). Causal-LM rows are cut at the model's "
+                                  "context length when it is shorter.")
     train_size: int | None = option(None, "Use only this many training examples, drawn from the seed.")
     stratified: bool = option(False, "Draw --train-size keeping the label proportions.")
     validation_from_train: int | None = option(None, "Set this many training examples aside (stratified, drawn "

@@ -155,7 +155,7 @@ class Trainer:
 
     def encode(self, dataset):
         if self.task.is_causal_lm:
-            return lm_data.encode_lm(dataset, self.tokenizer, self.cfg.data.max_length)
+            return lm_data.encode_lm(dataset, self.tokenizer, causal_lm.usable_length(self.cfg))
         return tokenize(dataset, self.tokenizer, self.task, self.cfg.data.max_length)
 
     def loader(self, dataset, batch_size: int, shuffle_seed: int | None = None):
