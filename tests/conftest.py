@@ -19,6 +19,17 @@ GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 FAMILIES = ("bert", "roberta", "electra", "bart", "deberta-v2")
 
 
+def load_bench(relative: str):
+    """A script under bench/ (not a package) imported as a module, e.g. load_bench("quality/run.py")."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / relative
+    spec = importlib.util.spec_from_file_location("bench_" + relative.replace("/", "_")[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -2,21 +2,19 @@
 method, both mask modes, fp32 and bf16 autocast, flat gradients forced on; and the checks catch planted
 faults (an optimizer that ignores the update-mode mask, a gradient mask that is not applied)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from conftest import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--shape", "tiny", "--steps", "3", "--flat-grads", "on"]
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gpu_{name}", ROOT / "bench" / "gpu" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(f"gpu/{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,20 @@
 disjoint data, the units and their commands, records that let a rerun skip finished work, resuming an
 interrupted training, a changed profile rerunning what it changed, the report from the records alone."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("llm_bench_run", ROOT / "bench" / "llm" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("llm/run.py")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
 from sftune import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +65,7 @@ def toy(tmp_path):
 
 
 def _bench(relative: str):
-    spec = importlib.util.spec_from_file_location("bench_" + relative.replace("/", "_")[:-3], ROOT / "bench" / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(relative)
 
 
 def test_a_selector_in_one_file_is_everywhere(toy, cli, tiny_bert, glue_dir, tmp_path):

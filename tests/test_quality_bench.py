@@ -1,20 +1,18 @@
 """The quality benchmark's script (bench/quality/run.py): sweep commands, the majority row, the report."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from conftest import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("quality_run", ROOT / "bench" / "quality" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("quality/run.py")
 
 
 def test_profiles_expand_to_one_sweep_per_task_and_group(bench, tmp_path):

@@ -23,6 +23,18 @@ def decoder_config(family: str, vocab: int, bos: int, eos: int, tie: bool = True
                                 bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=tie, **extra)
 
 
+def config_model(config, head: str = "causal-lm", num_labels: int = 2):
+    """A model with random weights (seed 0) from `config`: a causal LM, or a sequence classifier."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    if head == "causal-lm":
+        return AutoModelForCausalLM.from_config(config)
+    config.num_labels = num_labels
+    return AutoModelForSequenceClassification.from_config(config)
+
+
 def decoder_tokenizer(corpus: list[str], chat: bool):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from decoder_models import DECODERS, decoder_config
+from decoder_models import DECODERS, config_model, decoder_config
 from torch import nn
 
 from sftune import architecture as arch
@@ -16,14 +16,7 @@ LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral")
 
 
 def build(family: str, head: str = "causal-lm", tie: bool = True):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    config = decoder_config(family, 64, 1, 2, tie)
-    torch.manual_seed(0)
-    if head == "causal-lm":
-        return AutoModelForCausalLM.from_config(config)
-    config.num_labels = 3
-    return AutoModelForSequenceClassification.from_config(config)
+    return config_model(decoder_config(family, 64, 1, 2, tie), head, num_labels=3)
 
 
 @pytest.mark.parametrize("family", LLAMA_LIKE)

@@ -5,8 +5,7 @@ LR decay puts an untied lm_head at the top rate and a tied one at the embedding'
 from __future__ import annotations
 
 import pytest
-import torch
-from decoder_models import DECODERS, decoder_config
+from decoder_models import DECODERS, config_model, decoder_config
 
 from sftune.errors import UsageError
 from sftune.methods.attention import Attention, AttentionOptions
@@ -18,18 +17,14 @@ LAYERS = (0, 1)  # decoder_config builds 2 layers
 
 
 def build(family: str, head: str = "causal-lm", tie: bool = True):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     if family == "bert":
         config = AutoConfig.for_model("bert", vocab_size=64, hidden_size=16, num_hidden_layers=2,
                                       num_attention_heads=2, intermediate_size=24, max_position_embeddings=32)
     else:
         config = decoder_config(family, 64, 1, 2, tie)
-    torch.manual_seed(0)
-    if head == "causal-lm":
-        return AutoModelForCausalLM.from_config(config)
-    config.num_labels = 2
-    return AutoModelForSequenceClassification.from_config(config)
+    return config_model(config, head)
 
 
 def attention_trains(model, **options) -> set[str]:
