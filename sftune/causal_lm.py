@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sftune.data import HELDOUT
 from sftune.generation import SCORERS, generate
 from sftune.lm_data import IGNORE
-from sftune.models import _hub_error, pad_from_eos, resolve_model_path, set_dropout
+from sftune.models import _hub_error, max_tokens, pad_from_eos, resolve_model_path, set_dropout
 
 
 def load_causal_lm(name: str, trust_remote_code: bool = False, revision: str | None = None,
@@ -51,7 +51,7 @@ def usable_length(cfg) -> int:
                                             revision=m.revision)
     except (OSError, ValueError) as e:
         raise _hub_error(m.name, e) from None
-    positions = getattr(config, "max_position_embeddings", None)  # GPT-2's n_positions maps to it
+    positions = max_tokens(config)
     return min(cfg.data.max_length, positions) if positions else cfg.data.max_length
 
 

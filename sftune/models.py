@@ -148,6 +148,17 @@ def checkpoint_head(model: nn.Module, info: dict, own_config) -> dict:
     return {"head": "checkpoint", "labels": None if generic else labels}
 
 
+def max_tokens(config) -> int | None:
+    """The longest sequence the model's position embeddings allow (RoBERTa's positions start after pad); None
+    when its config does not say (GPT-2's n_positions is read as max_position_embeddings)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        n -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return int(n)
+
+
 def set_dropout(config, p: float) -> None:
     """Set every dropout probability a config knows (names differ across families)."""
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",

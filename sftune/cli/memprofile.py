@@ -76,8 +76,9 @@ def memprofile(
                                          help="table (Rich), json, csv or markdown on stdout.")] = "table",
 ) -> None:
     from sftune.config import parse_set
+    from sftune.models import max_tokens
     from sftune.profile import make_report
-    from sftune.profile.common import PRECISIONS, Cell, load_config, max_tokens, run_config, split_sets
+    from sftune.profile.common import PRECISIONS, Cell, load_config, run_config, split_sets
     from sftune.tasks import get_task
 
     if format_ not in _FORMATS:

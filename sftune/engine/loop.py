@@ -84,6 +84,8 @@ class Trainer:
             train = subsample(train, cfg.data.train_size, tcfg.seed, cfg.data.stratified, task)
             self.train_subset_md5 = hashlib.md5(",".join(map(str, train["idx"])).encode()).hexdigest()
         self.n_train = len(train) if train is not None else 0
+        # Causal LMs: cut to the model's context length, read once from its config (not once per split).
+        self.max_length = causal_lm.usable_length(cfg) if task.is_causal_lm else cfg.data.max_length
         self.eval_sets = {s: self.encode(d) for s, d in self.splits.evals.items()}
         self.eval_loaders = {s: self.loader(d, cfg.data.eval_batch_size) for s, d in self.eval_sets.items()}
         if need_train:
@@ -155,8 +157,8 @@ class Trainer:
 
     def encode(self, dataset):
         if self.task.is_causal_lm:
-            return lm_data.encode_lm(dataset, self.tokenizer, causal_lm.usable_length(self.cfg))
-        return tokenize(dataset, self.tokenizer, self.task, self.cfg.data.max_length)
+            return lm_data.encode_lm(dataset, self.tokenizer, self.max_length)
+        return tokenize(dataset, self.tokenizer, self.task, self.max_length)
 
     def loader(self, dataset, batch_size: int, shuffle_seed: int | None = None):
         if self.task.is_causal_lm:

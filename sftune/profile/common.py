@@ -156,16 +156,6 @@ def load_config(model: str, task: str, dropout: float | None = None):
     return config
 
 
-def max_tokens(config) -> int | None:
-    """The longest sequence the model's position embeddings allow (RoBERTa's positions start after pad)."""
-    n = getattr(config, "max_position_embeddings", None)
-    if n is None:
-        return None
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        n -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-    return int(n)
-
-
 def build_model(cell: Cell, config):
     """The classifier of a cell: random weights from `config` (shapes, --random-init), else the checkpoint.
     Call after seeding: random weights and the new head come from the RNG."""
