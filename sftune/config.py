@@ -180,6 +180,22 @@ def refuse_remote_code(tree: dict, where: str) -> None:
                          f"from {where} and pass the flag if you trust that code.")
 
 
+def refuse_remote_code_in_sets(sets: dict[str, Any], where: str) -> None:
+    """`--set` items (dotted keys -> values) refused as `refuse_remote_code` refuses a tree."""
+    given: dict = {}
+    for key, value in sets.items():
+        set_dotted(given, key, value)
+    refuse_remote_code(given, where)
+
+
+def refuse_unrepeated_remote_code(recorded: Any, typed: bool, what: str, to: str) -> None:
+    """A run trained with --trust-remote-code runs its model's own code again only when the flag is typed again
+    (resume, eval, transfer): the run's recorded choice is never carried over."""
+    if recorded and not typed:
+        raise UsageError(f"{what} was trained with --trust-remote-code (its model runs its own Python code); "
+                         f"pass --trust-remote-code again to {to}.")
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sftune.config import deep_merge, parse_reg, refuse_remote_code, set_dotted
+from sftune.config import deep_merge, parse_reg, refuse_remote_code, refuse_remote_code_in_sets, set_dotted
 from sftune.presets import Preset, load_preset
 
 # Command-line options shared by the training commands: option name -> (flag, dotted config key).
@@ -64,9 +64,7 @@ def training_tree(model: str, task: str, method: str, *, preset: str | Preset | 
     parsed = [parse_reg(r) for r in regs]
     if parsed:
         tree["regs"] = list(tree.get("regs") or []) + parsed
-    given: dict = {}
+    refuse_remote_code_in_sets(sets or {}, sets_from)
     for key, value in (sets or {}).items():
-        set_dotted(given, key, value)
         set_dotted(tree, key, value)
-    refuse_remote_code(given, sets_from)
     return tree

@@ -121,12 +121,13 @@ def test_a_model_with_its_own_code_names_the_flag_in_eval_and_transfer(cli, tmp_
     assert code == 2 and "needs its own Python code" in line and "add --trust-remote-code" in line
 
 
-def test_eval_of_a_run_trained_with_the_flag_needs_it_again(cli, tiny_bert, glue_dir, tmp_path, stop_at_loader):
+def test_a_run_trained_with_the_flag_needs_it_again_to_eval_transfer_or_resume(cli, tiny_bert, glue_dir, tmp_path,
+                                                                              stop_at_loader):
     run = tmp_path / "run"
     code, _, stderr = cli("train", tiny_bert, "rte", "--data-dir", glue_dir, "--max-steps", "1", "--batch-size",
                           "8", "--set", "data.train_size=16", "--trust-remote-code", "-o", run)
     assert code == 0, stderr
-    for command in (["eval", run, "rte"], ["transfer", run, "--targets", "rte"]):
+    for command in (["eval", run, "rte"], ["transfer", run, "--targets", "rte"], ["train", "--resume", "-o", run]):
         code, _, stderr = cli(*command, "--data-dir", glue_dir)
         line = one_line(stderr)
         assert code == 2 and "was trained with --trust-remote-code" in line and "pass --trust-remote-code" in line

@@ -22,7 +22,14 @@ from sftune.cli.options import (
     warn_remote_code,
 )
 from sftune.cli.render import print_results
-from sftune.config import build, load_yaml, parse_set, refuse_remote_code, set_dotted
+from sftune.config import (
+    build,
+    load_yaml,
+    parse_set,
+    refuse_remote_code_in_sets,
+    refuse_unrepeated_remote_code,
+    set_dotted,
+)
 from sftune.diff import apply_diff
 from sftune.engine.guard import Diverged
 from sftune.engine.loop import Trainer
@@ -90,10 +97,7 @@ def evaluate(
     check_format(format_)
     task_name = get_task(task).name
     sets = parse_set(set_ or [])
-    given: dict = {}
-    for key, value in sets.items():
-        set_dotted(given, key, value)
-    refuse_remote_code(given, "--set")
+    refuse_remote_code_in_sets(sets, "--set")
     run = RunDir(target)
     tree: dict = {"task": task_name, "method": {"name": "full"}}
     diff_path = run.path / "diff.safetensors"
@@ -119,9 +123,7 @@ def evaluate(
         stored = load_yaml(run.config, what="run config")
         check_same_labels(str(stored.get("task", "")), task_name, target)
         base = dict(stored.get("model") or {})
-        if base.get("trust_remote_code") and not trust_remote_code:  # the run's choice is not carried over
-            raise UsageError(f"{target} was trained with --trust-remote-code (its model runs its own Python "
-                             "code); pass --trust-remote-code again to evaluate it.")
+        refuse_unrepeated_remote_code(base.get("trust_remote_code"), trust_remote_code, target, "evaluate it")
         on_base = from_diff or from_adapter
         tree["model"] = {**base, "dropout": None} if on_base else {"name": str(run.model), "dropout": None}
         tree["data"] = dict(stored.get("data") or {})

@@ -28,7 +28,7 @@ from sftune.cli.options import (
     warn_remote_code,
 )
 from sftune.cli.render import reporter_for, trainable_table
-from sftune.config import build, load_yaml, parse_set
+from sftune.config import build, load_yaml, parse_set, refuse_unrepeated_remote_code
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
 from sftune.engine.loop import Interrupted
 from sftune.errors import UsageError
@@ -46,8 +46,8 @@ def _stored_tree(source: Path, where: str, method: str | None, preset: str | Non
     if method is not None and method != name:
         raise UsageError(f"{where}: --method {method} differs from the stored run's method {name}. Leave "
                          "--method out, or start a new --output-dir.")
-    if (stored.get("model") or {}).get("trust_remote_code") and not options.get("model.trust_remote_code"):
-        raise UsageError(f"{where}: {source} was trained with --trust-remote-code; pass it again to run it.")
+    refuse_unrepeated_remote_code((stored.get("model") or {}).get("trust_remote_code"),
+                                  bool(options.get("model.trust_remote_code")), f"{where}: {source}", "run it")
     model = (stored.get("model") or {}).get("name", "")
     return training_tree(model, str(stored.get("task", "")), name, preset=preset, options=options, regs=reg or [],
                          sets=parse_set(set_ or []), base=stored)

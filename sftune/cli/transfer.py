@@ -35,7 +35,7 @@ from sftune.cli.options import (
     warn_remote_code,
 )
 from sftune.cli.render import fmt, reporter_for
-from sftune.config import build, deep_merge, parse_set
+from sftune.config import build, deep_merge, parse_set, refuse_unrepeated_remote_code
 from sftune.engine.guard import EXIT_DIVERGED, Diverged
 from sftune.engine.loop import Interrupted, Reporter
 from sftune.errors import UsageError, unknown
@@ -136,9 +136,7 @@ def transfer(
             raise UsageError(f"{model} is a trained run directory: {', '.join(extra)} only apply when training. "
                              "Drop them, or give a model to train a new run.")
         cfg = stored_config(given)
-        if cfg.model.trust_remote_code and not trust_remote_code:  # the run's choice is not carried over
-            raise UsageError(f"{model} was trained with --trust-remote-code (its model runs its own Python code); "
-                             "pass --trust-remote-code again to evaluate it.")
+        refuse_unrepeated_remote_code(cfg.model.trust_remote_code, trust_remote_code, model, "evaluate it")
         run = given
         previous = read_json(given.path / "transfer.json") or {}
         source_name = previous.get("source") or cfg.task
