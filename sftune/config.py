@@ -280,9 +280,6 @@ def build(tree: dict[str, Any]) -> RunConfig:
     if train.batch_size % train.grad_accum:
         errors.append(f"train.batch_size ({train.batch_size}) must be divisible by "
                       f"train.grad_accum ({train.grad_accum})")
-    vft = sections["data"].validation_from_train
-    if vft is not None and vft < 1:
-        errors.append(f"data.validation_from_train must be at least 1, got {vft}")
     if train.max_steps is not None and train.max_steps < 1:
         errors.append(f"train.max_steps must be at least 1, got {train.max_steps}")
     if train.max_steps is None and train.epochs <= 0:
@@ -317,6 +314,8 @@ def _range_errors(model: ModelConfig, data: DataConfig, train: TrainConfig) -> l
         ("train.save_minutes", train.save_minutes, train.save_minutes >= 0, "at least 0 (0 disables)"),
         ("data.eval_batch_size", data.eval_batch_size, data.eval_batch_size >= 1, "at least 1"),
         ("data.train_size", data.train_size, data.train_size is None or data.train_size >= 1, "at least 1"),
+        ("data.validation_from_train", data.validation_from_train,
+         data.validation_from_train is None or data.validation_from_train >= 1, "at least 1"),
         ("data.max_new_tokens", data.max_new_tokens, data.max_new_tokens >= 0, "at least 0 (0: no generation)"),
         ("data.generation_threads", data.generation_threads, data.generation_threads >= 0,
          "at least 0 (0 keeps torch's thread count)"),

@@ -73,10 +73,6 @@ def state_of(run_dir: RunDir) -> str:
     return "new"
 
 
-def read_results(run_dir: RunDir) -> dict | None:
-    return read_json(run_dir.results)
-
-
 def check_existing(runs: list[Run], out: Path) -> None:
     """Refuse (exit 2, before anything runs) a run directory that holds a run made with other options."""
     for run in runs:
@@ -206,7 +202,7 @@ class Runner:
                     action = state_of(self._dir(o))
                     if action == "skip":
                         o.lock.release()
-                        o.action, o.results = "skip", read_results(self._dir(o))
+                        o.action, o.results = "skip", read_json(self._dir(o).results)
                         o.status = "diverged" if (o.results or {}).get("status") == "diverged" else "cached"
                         o.cause = diverged_cause(o.results)
                         self.on_event("skip", o)
@@ -266,9 +262,9 @@ class Runner:
         o.seconds = time.time() - (o.started or time.time())
         run_dir = self._dir(o)
         if run_dir.is_complete():
-            o.status, o.results = "complete", read_results(run_dir)
+            o.status, o.results = "complete", read_json(run_dir.results)
         elif run_dir.final_status() == "diverged":
-            o.status, o.results = "diverged", read_results(run_dir)
+            o.status, o.results = "diverged", read_json(run_dir.results)
             o.cause = diverged_cause(o.results)
         elif stopping or rc in (130, -signal.SIGINT):
             o.status = "interrupted"
