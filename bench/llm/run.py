@@ -40,30 +40,21 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent / "quality"))  # reuse the quality bench's block writer and loss reader
-import run as quality  # noqa: E402
-import staged  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # bench/common.py
+import common  # noqa: E402
+from sftune.artifacts import atomic_write_text, read_json, read_jsonl  # noqa: E402
 
 
 def load_profile(name: str) -> tuple[str, dict]:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else HERE / f"{name}.yaml"
-    if not path.is_file():
-        sys.exit(f"error: profile {name!r} not found (expected {path}); profiles: cpu, or a YAML path")
-    return path.stem, yaml.safe_load(path.read_text())
+    path, profile = common.read_profile(HERE, name, "cpu")
+    return path.stem, profile
 
 
 # ---------------------------------------------------------------------------------------------------- data
 def _write_if_changed(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        atomic_write_text(path, text)
 
 
 def gsm8k_rows(g: dict) -> tuple[str, str, str]:
@@ -220,13 +211,11 @@ def run_step(step: dict) -> int:
     load = os.getloadavg()[0]
     rc, wall, rss, cpu = run_process(cmd)
     path = _proc_file(step)
-    prev = json.loads(path.read_text()) if path.is_file() else {"wall_seconds": 0.0, "cpu_seconds": 0.0,
-                                                                "peak_rss_mb": 0.0, "load": []}
+    prev = read_json(path) or {"wall_seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mb": 0.0, "load": []}
     rec = {"wall_seconds": prev["wall_seconds"] + wall, "cpu_seconds": prev["cpu_seconds"] + cpu,
            "peak_rss_mb": max(prev["peak_rss_mb"], rss),
            "load": prev["load"] + [round(load, 1), round(os.getloadavg()[0], 1)], "rc": rc}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rec))
+    atomic_write_text(path, json.dumps(rec))
     print(f"   exit {rc}, {wall:.0f} s wall, {cpu:.0f} s CPU, peak {rss:.0f} MB", flush=True)
     return rc
 
@@ -238,7 +227,7 @@ def make_record(profile_name: str, profile: dict, task: str, method: str, steps:
            "lr": profile[task]["methods"].get(method, {}).get("lr"),
            "run": run_options(profile, task, method, data_md5), "metrics": {}, "procs": {}}
     for step in steps:
-        proc = json.loads(_proc_file(step).read_text()) if _proc_file(step).is_file() else {}
+        proc = read_json(_proc_file(step)) or {}
         rec["procs"][step["name"]] = {"wall_seconds": round(proc.get("wall_seconds", 0.0), 1),
                                       "cpu_seconds": round(proc.get("cpu_seconds", 0.0), 1),
                                       "peak_rss_mb": round(proc.get("peak_rss_mb", 0.0)), "load": proc.get("load")}
@@ -250,24 +239,20 @@ def make_record(profile_name: str, profile: dict, task: str, method: str, steps:
                        step_seconds=round(res["train_seconds"] / max(res["steps"], 1), 2),
                        trainable=res["trainable"]["all"]["trainable"], commit=manifest.get("git_commit"),
                        finished=manifest["timings"].get("finished"),
-                       **staged.train_loss(step["dir"] / "metrics.jsonl"))
+                       **common.train_loss(step["dir"] / "metrics.jsonl"))
         else:
             found = json.loads((step["dir"] / "metrics.json").read_text())["metrics"]
             rec["metrics"]["heldout" if step["name"] == "heldout" else "test"] = next(iter(found.values()))
     if "commit" not in rec:
-        rec["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip()
+        rec["commit"] = common.short_commit()
     return rec
 
 
 def load_records(path: Path, profile: dict, data_md5: str | None) -> dict[tuple[str, str], dict]:
     found = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r["task"] in profile and r["run"] == run_options(profile, r["task"], r["method"], data_md5):
-                    found[(r["task"], r["method"])] = r
+    for r in read_jsonl(path):
+        if r["task"] in profile and r["run"] == run_options(profile, r["task"], r["method"], data_md5):
+            found[(r["task"], r["method"])] = r
     return found
 
 
@@ -294,9 +279,7 @@ def run_all(name: str, profile: dict, out: Path, records: Path, only: list[str] 
         if dry_run or not _all_done(steps):
             continue
         rec = make_record(name, profile, task, method, steps, data["md5"])
-        records.parent.mkdir(parents=True, exist_ok=True)
-        with open(records, "a") as f:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        common.append_record(records, rec)
         known[(task, method)] = rec
         model_dir = out / task / method / "run" / "model"
         if model_dir.is_dir():
@@ -355,7 +338,7 @@ def report(name: str, profile: dict, known: dict[tuple[str, str], dict], command
     commits = sorted({r["commit"] for r in recs if r.get("commit")})
     lines = [f"### Profile `{name}`: {profile.get('description', '')}", "",
              f"* command: `{command_line}` (from the repository root); records: `{profile['records']}`",
-             f"* commits of the runs: {', '.join(f'`{c}`' for c in commits) or '—'}; hardware: {quality.hardware()}; "
+             f"* commits of the runs: {', '.join(f'`{c}`' for c in commits) or '—'}; hardware: {common.hardware()}; "
              f"{profile.get('threads', 1)} thread per run",
              f"* GSM8K: {g['train']} training rows and {g['heldout']} held-out rows (validation loss) from a "
              f"seeded permutation of train.jsonl (seed {g['split_seed']}), the first {g['test']} rows of test.jsonl "
@@ -422,10 +405,10 @@ def main() -> None:
     args = ap.parse_args()
     name, profile = load_profile(args.profile)
     out = Path(args.out or os.environ.get("SFTUNE_LLM_OUT") or profile["out"]).expanduser()
-    records = ROOT / profile["records"]
+    records = common.ROOT / profile["records"]
     rc = 0
     if not args.report_only:
-        staged.env_for_runs(profile.get("threads", 1))
+        common.env_for_runs(profile.get("threads", 1))
         rc = run_all(name, profile, out, records, args.only.split(",") if args.only else None, args.dry_run)
         if args.dry_run:
             return
@@ -434,7 +417,7 @@ def main() -> None:
     block = report(name, profile, known, command_line)
     print(block)
     if args.write:
-        quality.write_block(Path(args.write), f"llm-{name}", block)
+        common.write_block(Path(args.write), f"llm-{name}", block)
     sys.exit(rc)
 
 

@@ -26,7 +26,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -34,21 +33,17 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))  # staged.py and claims.py, next to this script
-
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # staged.py and claims.py next to this script; bench/common.py
+from common import ROOT, env_for_runs, hardware, read_profile, short_commit, write_block  # noqa: E402
+from sftune.artifacts import atomic_write_text  # noqa: E402
 
 REST = "rest"  # a group's `methods: rest`: every registered method that neither another group nor `skip` names
 
 
 def load_profile(name: str) -> tuple[str, dict]:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else HERE / f"{name}.yaml"
-    if not path.is_file():
-        sys.exit(f"error: profile {name!r} not found (expected {path}); profiles: cpu, gpu, or a YAML path")
-    return path.stem, resolve_methods(yaml.safe_load(path.read_text()), path.name)
+    path, profile = read_profile(HERE, name, "cpu, gpu")
+    return path.stem, resolve_methods(profile, path.name)
 
 
 def resolve_methods(profile: dict, where: str = "the profile") -> dict:
@@ -121,9 +116,7 @@ def run_sweeps(sweeps: list[dict], out: Path) -> None:
             rc = subprocess.call(s["cmd"])
         finally:  # an interrupted sweep's time counts too
             walls[s["key"]] = walls.get(s["key"], 0.0) + time.time() - t0
-            tmp = wall_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(walls, indent=1))
-            os.replace(tmp, wall_file)
+            atomic_write_text(wall_file, json.dumps(walls, indent=1))
         if rc == 130:
             sys.exit(130)
         if rc != 0:
@@ -180,8 +173,7 @@ def report(profile_name: str, profile: dict, out: Path, data_dir: str | None, ar
     majority = majority_scores(tasks, data_dir or profile.get("data_dir"))
     models = sorted({k[0] for k in runs})
     walls = json.loads((out / "wall.json").read_text()) if (out / "wall.json").is_file() else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = short_commit()
     lines = [f"### Profile `{profile_name}`: {profile.get('description', '')}", "",
              f"* command: `python bench/quality/run.py {' '.join(argv)}` (from the repository root)",
              f"* commit: `{commit}`; hardware: {hardware()}",
@@ -209,27 +201,6 @@ def report(profile_name: str, profile: dict, out: Path, data_dir: str | None, ar
     return "\n".join(lines) + "\n"
 
 
-def hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}; torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def write_block(path: Path, profile_name: str, block: str) -> None:
-    start, end = f"<!-- quality:{profile_name}:start -->", f"<!-- quality:{profile_name}:end -->"
-    text = path.read_text() if path.is_file() else "# Results\n"
-    new = f"{start}\n{block}{end}"
-    if start in text and end in text:
-        text = text[:text.index(start)] + new + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def staged_main(name: str, profile: dict, args: argparse.Namespace) -> None:
     """A profile with `waves` (cpu-long): grid on the held-out split, seeds at the chosen rate, records."""
     import claims
@@ -246,7 +217,7 @@ def staged_main(name: str, profile: dict, args: argparse.Namespace) -> None:
         n = staged.harvest(out, records, profile, staged.load_records(records, profile), prune=False)
         print(f"recorded {n} finished run(s) found in {out}", flush=True)
     if not args.report_only:
-        staged.env_for_runs(profile.get("threads", 1))
+        env_for_runs(profile.get("threads", 1))
         staged.run(profile, out, records, args.jobs or profile.get("jobs", 1), methods, args.data_dir,
                    dry_run=args.dry_run)
         if args.dry_run:

@@ -18,7 +18,6 @@ import collections
 import itertools
 import json
 import math
-import os
 import shlex
 import shutil
 import subprocess
@@ -27,7 +26,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # bench/common.py
+from common import append_record, train_loss  # noqa: E402
+from sftune.artifacts import read_jsonl  # noqa: E402
+
 HELDOUT = "heldout"
 
 
@@ -41,10 +43,7 @@ def load_records(records: Path, profile: dict) -> dict[tuple, dict]:
     ignored, so a changed profile reruns what it changed."""
     found = {}
     for path in sorted(records.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
+        for r in read_jsonl(path):
             if (r["setting"] in profile["settings"] and r["task"] in profile["tasks"]
                     and r["run"] == run_options(profile, r["setting"], r["task"])):
                 found[record_key(r)] = r
@@ -81,28 +80,12 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
                 rec["run"]["train_size"], rec["run"]["heldout"], rec["run"]["steps"]):
             continue  # a run of an older profile left in OUT
         if record_key(rec) not in known:
-            records.mkdir(parents=True, exist_ok=True)
-            with open(records / f"{task}.jsonl", "a") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
+            append_record(records / f"{task}.jsonl", rec)
             known[record_key(rec)] = rec
             added += 1
         if prune and (path.parent / "model").is_dir():
             shutil.rmtree(path.parent / "model")  # 88 MB per MiniLM run; the record keeps what the report reads
     return added
-
-
-def train_loss(metrics: Path) -> dict:
-    """The training loss at the first logged step and averaged over the last three: whether a run left the
-    initial plateau (ln 2 = 0.69 for two classes) is measured, not guessed."""
-    losses = []
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("type") == "train" and r.get("loss") is not None:
-                losses.append(r["loss"])
-    if not losses:
-        return {}
-    return {"loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-3:]) / len(losses[-3:]), 4)}
 
 
 def _yaml(path: Path) -> dict:
@@ -246,11 +229,3 @@ def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] |
         print("runs failed (rerun the command to try them again):\n  " + "\n  ".join(failed), flush=True)
         sys.exit(1)
 
-
-def env_for_runs(threads: int) -> None:
-    """One thread per run whatever --jobs is (CPU results depend on the thread count), offline Hub."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
