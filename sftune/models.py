@@ -7,6 +7,7 @@ which works without a network.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -113,9 +114,11 @@ def load_model(name: str, num_labels: int, label_names=None, trust_remote_code: 
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
     try:
-        # The checkpoint's own config too: the label names its head (if any) was trained for.
+        # Read once. The checkpoint's own config stays as read (the label names its head, if any, was trained
+        # for); the model gets a copy with the task's labels, set one by one as from_pretrained(**kwargs) does.
         own = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **kwargs)
+        config = copy.deepcopy(own)
+        config.update(kwargs)
     except (OSError, ValueError) as e:
         raise _hub_error(name, e) from None
     if dropout is not None:
