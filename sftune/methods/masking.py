@@ -170,7 +170,15 @@ class MaskedMethod(Method):
     def masks(self) -> dict[str, torch.Tensor]:
         """This step's masks per parameter (split from a flat selection on first use)."""
         if self._masks is None:
-            self._masks = self.masks_of(self._selection)
+            selection = self._selection
+            if isinstance(selection, FlatIndices):
+                # Split in place (views of the one index tensor) and keep only the split: the flat form is
+                # applied by now, and a split copy beside it held a second k-sized int64 tensor until the
+                # next step (twice the method state of the estimate, measured on SmolLM2-135M).
+                self._masks = self.split(selection.indices, in_place=True)
+                self._selection = self._masks
+            else:
+                self._masks = self.masks_of(selection)
         return self._masks
 
     def masks_of(self, selection) -> dict[str, torch.Tensor]:
@@ -185,15 +193,17 @@ class MaskedMethod(Method):
     def masks(self, masks: dict[str, torch.Tensor]) -> None:
         self.set_selection(masks)
 
-    def split(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Ascending indices into the concatenated candidates -> per-parameter flat indices (one host sync)."""
+    def split(self, flat_indices: torch.Tensor, in_place: bool = False) -> dict[str, torch.Tensor]:
+        """Ascending indices into the concatenated candidates -> per-parameter flat indices (one host sync);
+        `in_place`: views of `flat_indices`, overwritten."""
         if self._bounds is None:
             sizes = torch.tensor([p.numel() for p in self.candidates.values()])
             starts = torch.cumsum(sizes, 0) - sizes
             self._starts = starts.tolist()
             device = next(iter(self.candidates.values())).device
             self._bounds = torch.cat([starts, sizes.sum().view(1)]).to(device)
-        return split_sorted(flat_indices.reshape(-1), list(self.candidates), self._starts, self._bounds)
+        return split_sorted(flat_indices.reshape(-1), list(self.candidates), self._starts, self._bounds,
+                            in_place=in_place)
 
     # ------------------------------------------------------------------------------------------ counts
     def masked_numel(self) -> int:
