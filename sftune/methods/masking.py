@@ -28,7 +28,8 @@ masked gradient). A method with `mask_after_clip` (Child-Tuning, whose reference
 A flat selection is applied to the flat gradient buffer (`flat_grads.py`) when the method declares
 `flat_capable` and the run uses one: a few kernels for the whole model instead of a few per parameter.
 Otherwise it is split per parameter. `masks` (per parameter) is derived on demand: the counts on logged
-steps, update mode and the multi-process mask check read it.
+steps, update mode and the multi-process mask check read it. Flat indices are split in place and then held
+in that form only, so a step's selection is held once (k int64 indices until the next step).
 """
 
 from __future__ import annotations
