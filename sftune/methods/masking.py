@@ -28,7 +28,8 @@ masked gradient). A method with `mask_after_clip` (Child-Tuning, whose reference
 A flat selection is applied to the flat gradient buffer (`flat_grads.py`) when the method declares
 `flat_capable` and the run uses one: a few kernels for the whole model instead of a few per parameter.
 Otherwise it is split per parameter. `masks` (per parameter) is derived on demand: the counts on logged
-steps, update mode and the multi-process mask check read it.
+steps, update mode and the multi-process mask check read it. Flat indices are split in place and then held
+in that form only, so a step's selection is held once (k int64 indices until the next step).
 """
 
 from __future__ import annotations
@@ -170,7 +171,15 @@ class MaskedMethod(Method):
     def masks(self) -> dict[str, torch.Tensor]:
         """This step's masks per parameter (split from a flat selection on first use)."""
         if self._masks is None:
-            self._masks = self.masks_of(self._selection)
+            selection = self._selection
+            if isinstance(selection, FlatIndices):
+                # Split in place (views of the one index tensor) and keep only the split: the flat form is
+                # applied by now, and a split copy beside it held a second k-sized int64 tensor until the
+                # next step (twice the method state of the estimate, measured on SmolLM2-135M).
+                self._masks = self.split(selection.indices, in_place=True)
+                self._selection = self._masks
+            else:
+                self._masks = self.masks_of(selection)
         return self._masks
 
     def masks_of(self, selection) -> dict[str, torch.Tensor]:
@@ -185,15 +194,17 @@ class MaskedMethod(Method):
     def masks(self, masks: dict[str, torch.Tensor]) -> None:
         self.set_selection(masks)
 
-    def split(self, flat_indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Ascending indices into the concatenated candidates -> per-parameter flat indices (one host sync)."""
+    def split(self, flat_indices: torch.Tensor, in_place: bool = False) -> dict[str, torch.Tensor]:
+        """Ascending indices into the concatenated candidates -> per-parameter flat indices (one host sync);
+        `in_place`: views of `flat_indices`, overwritten."""
         if self._bounds is None:
             sizes = torch.tensor([p.numel() for p in self.candidates.values()])
             starts = torch.cumsum(sizes, 0) - sizes
             self._starts = starts.tolist()
             device = next(iter(self.candidates.values())).device
             self._bounds = torch.cat([starts, sizes.sum().view(1)]).to(device)
-        return split_sorted(flat_indices.reshape(-1), list(self.candidates), self._starts, self._bounds)
+        return split_sorted(flat_indices.reshape(-1), list(self.candidates), self._starts, self._bounds,
+                            in_place=in_place)
 
     # ------------------------------------------------------------------------------------------ counts
     def masked_numel(self) -> int:

@@ -18,12 +18,21 @@ __all__ = ["FlatBuffer", "split_sorted"]
 
 
 def split_sorted(idx: torch.Tensor, names: Sequence[str], starts: Sequence[int],
-                 bounds: torch.Tensor) -> dict[str, torch.Tensor]:
+                 bounds: torch.Tensor, in_place: bool = False) -> dict[str, torch.Tensor]:
     """Ascending global indices -> per-name local indices, where name i owns [starts[i], starts[i + 1]).
     ``bounds`` is ``starts`` plus the end, as a tensor on the indices' device. Every name gets an entry
-    (possibly empty). One host sync: the counts per segment, from one searchsorted over len(names) + 1 values."""
+    (possibly empty). One host sync: the counts per segment, from one searchsorted over len(names) + 1 values.
+    ``in_place``: the local indices are views of ``idx``, overwritten (no second index tensor; ``idx`` no
+    longer holds the global indices afterwards)."""
     cuts = torch.searchsorted(idx, bounds).tolist()
-    return {n: idx[cuts[i] : cuts[i + 1]] - starts[i] for i, n in enumerate(names)}
+    if not in_place:
+        return {n: idx[cuts[i] : cuts[i + 1]] - starts[i] for i, n in enumerate(names)}
+    out = {}
+    for i, n in enumerate(names):
+        out[n] = idx[cuts[i] : cuts[i + 1]]
+        if starts[i]:
+            out[n].sub_(starts[i])
+    return out
 
 
 class FlatBuffer:

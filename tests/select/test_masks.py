@@ -133,3 +133,16 @@ def test_flat_buffer_split_indices_and_masks():
     assert masks["a"].shape == (2, 3) and masks["a"].sum() == 2 and bool(masks["a"][1, 2])
     empty = fb.split_indices(torch.tensor([1]))
     assert empty["b"].numel() == 0 and empty["c"].numel() == 0
+
+
+def test_split_sorted_in_place_gives_the_same_indices_as_views():
+    from sftune.select import split_sorted
+
+    idx = torch.tensor([0, 5, 6, 10, 11, 14])
+    bounds = torch.tensor([0, 6, 10, 15])
+    copied = split_sorted(idx, ["a", "b", "c"], [0, 6, 10], bounds)
+    assert idx.tolist() == [0, 5, 6, 10, 11, 14]  # by default the global indices stay
+    viewed = split_sorted(idx, ["a", "b", "c"], [0, 6, 10], bounds, in_place=True)
+    assert {n: v.tolist() for n, v in viewed.items()} == {"a": [0, 5], "b": [0], "c": [0, 1, 4]}
+    assert all(torch.equal(copied[n], viewed[n]) for n in copied)
+    assert all(v.untyped_storage().data_ptr() == idx.untyped_storage().data_ptr() for v in viewed.values())
