@@ -19,13 +19,17 @@ Mistral, GPT-2) alike:
   method trains) and `adapter_targets` (the attention and MLP projections' leaf names, the default targets of
   adapter methods such as LoRA);
 * `output_layer_parameters` (an untied lm_head: layer-wise LR decay puts it at the top) and `inactive_copies`
-  (peft's frozen original of a module it trains a copy of: counted once in tables).
+  (peft's frozen original of a module it trains a copy of: counted once in tables);
+* `final_norms`: the norms outside the stack that run on the top layer's output (Llama/Qwen/Mistral
+  `model.norm`, GPT-2 `transformer.ln_f`), found by running the layers once, since the order modules are
+  registered in is not the order they run in (BART registers `layernorm_embedding` after `layers`).
 """
 
 from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 GROUPS = ("embeddings", "attention", "ffn", "layernorm", "bias", "other", "head")
@@ -282,3 +286,68 @@ def adapter_targets(model: nn.Module) -> list[str]:
     """Leaf names of the attention and MLP projections (LoRA's default targets): Llama/Qwen/Mistral
     q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2 c_attn, c_proj, c_fc."""
     return sorted({name.rsplit(".", 1)[-1] for name in projection_roles(model)})
+
+
+def _base_model_of(model: nn.Module, stack: list[tuple[str, nn.Module]]) -> nn.Module:
+    """The innermost transformers model that holds every layer of the stack (LlamaModel, GPT2Model, BertModel,
+    BartModel: one that takes input_ids and has no task head), else `model` itself."""
+    from transformers import PreTrainedModel
+
+    names = [n.split(".") for n, _ in stack]
+    common = []
+    for parts in zip(*names):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    modules = dict(model.named_modules())
+    for i in range(len(common), 0, -1):
+        candidate = modules.get(".".join(common[:i]))
+        if isinstance(candidate, PreTrainedModel):
+            return candidate
+    return model
+
+
+def final_norms(model: nn.Module) -> list[str]:
+    """Module names of the norms outside the layer stack that run only after its top layer has run: a decoder's
+    final norm, applied to the top layer's output (Llama/Qwen/Mistral `model.norm`, GPT-2 `transformer.ln_f`,
+    mBART's `decoder.layer_norm`). Found from one forward pass of two tokens through the base model (eval mode, no
+    gradients: no dropout draw, nothing learnt), because registration order is not execution order: BART
+    registers `layernorm_embedding` after `layers` but runs it before them, and BERT/ELECTRA/DeBERTa have no such
+    norm. Empty when there is no stack, or when the base model cannot run on bare input_ids."""
+    stack = layer_stack(model)
+    if not stack:
+        return []
+    inside = tuple(f"{n}." for n, _ in stack)
+    candidates = {n: m for n, m in norms(model).items() if not n.startswith(inside)}
+    if not candidates:
+        return []
+    base = _base_model_of(model, stack)
+    top_ran = [False]
+    before: set[str] = set()
+    after: set[str] = set()
+
+    def on_top(module, inputs, output):
+        top_ran[0] = True
+
+    def on_norm(name):
+        def hook(module, inputs, output):
+            (after if top_ran[0] else before).add(name)
+        return hook
+
+    handles = [stack[-1][1].register_forward_hook(on_top)]
+    handles += [m.register_forward_hook(on_norm(n)) for n, m in candidates.items()]
+    modes = {m: m.training for m in base.modules()}
+    device = next(base.parameters()).device
+    try:
+        base.eval()
+        with torch.no_grad():
+            ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+            base(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except Exception:  # noqa: BLE001 - a base model that needs more than input_ids: no final norm found
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return sorted(after - before)

@@ -13,7 +13,7 @@ from sftune.errors import UsageError
 
 SHARED = ("--lr", "3e-5", "--batch-size", "8", "--max-steps", "5", "--data-dir", "GLUE", "--train-size", "32",
           "--stratified", "--mask-mode", "update", "--preset", "dps", "--reg", "llrd:eta=0.9",
-          "--set", "train.warmup_ratio=0.2", "--set", "data.max_length=64")
+          "--set", "train.warmup_ratio=0.2", "--set", "data.max_length=64", "--trust-remote-code")
 
 
 @pytest.fixture
@@ -49,7 +49,8 @@ def test_train_sweep_and_transfer_build_the_same_tree(cli, trees):
                        "dps-mix", "--seed", "2", *SHARED)
     assert train == sweep == transfer
     # What each part of the tree came from: the preset under the options, the options under --set.
-    assert train["preset"] == "dps" and train["model"]["name"] == "minilm" and train["task"] == "rte"
+    assert train["preset"] == "dps" and train["model"] == {"name": "minilm", "trust_remote_code": True}
+    assert train["task"] == "rte"
     assert train["train"]["lr"] == 3e-5 and train["train"]["seed"] == 2 and train["train"]["warmup_ratio"] == "0.2"
     assert train["data"] == {**train["data"], "data_dir": "GLUE", "train_size": 32, "stratified": True,
                              "max_length": "64"}

@@ -350,6 +350,88 @@ def test_ctrl_c_stops_the_children_and_exits_130(cli, tmp_path, monkeypatch):
     assert [r["status"] for r in doc["runs"]] == ["interrupted", "interrupted", "queued"]
 
 
+# ------------------------------------------------------------------------------------------------ remote code
+# A child that is the real `sftune train` with its tokenizer loader replaced: the loader appends what it was told
+# about trust_remote_code to a file and stops the run there (exit 2), so nothing is loaded from anywhere.
+STOP_AT_LOADER = """
+import json, sys
+import sftune.engine.loop as loop
+from sftune.errors import UsageError
+
+told = sys.argv[1]
+
+def fake(name, trust_remote_code=False, revision=None):
+    with open(told, "a") as f:
+        f.write(json.dumps(trust_remote_code) + "\\n")
+    raise UsageError("stopped at the loader")
+
+loop.load_tokenizer = fake
+sys.argv = ["sftune", *sys.argv[2:]]
+from sftune.cli import main
+main()
+"""
+
+
+def test_trust_remote_code_reaches_every_child_and_only_with_the_flag(cli, glue_dir, tmp_path, monkeypatch):
+    real = Runner.command
+    told = tmp_path / "loader.jsonl"
+
+    def stop_at_loader(self, o, action):
+        cmd = real(self, o, action)
+        assert cmd[1:4] == ["-m", "sftune", "train"]
+        return [sys.executable, "-c", STOP_AT_LOADER, str(told), *cmd[3:]]
+
+    monkeypatch.setattr(Runner, "command", stop_at_loader)
+    args = ("sweep", "minilm", "rte", "--data-dir", glue_dir, "--seeds", "1")
+    warning = "warning: --trust-remote-code: running the Python code that ships with minilm"
+    for flag, methods, out in ((True, "full,bitfit", tmp_path / "with"), (False, "full", tmp_path / "without")):
+        told.unlink(missing_ok=True)
+        code, stdout, stderr = cli(*args, "--method", methods, *(["--trust-remote-code"] if flag else []), "-o", out)
+        assert code == 1, (stdout, stderr)  # every run stopped at the loader: failed there, not refused before it
+        n = len(methods.split(","))
+        assert stderr.count(warning) == (1 if flag else 0), stderr
+        assert told.read_text().split() == ["true" if flag else "false"] * n
+        doc = json.loads((out / "summary.json").read_text())
+        assert [f["cause"] for f in doc["failed"]] == ["stopped at the loader"] * n
+        configs = sorted((out / ".sweep" / "configs").glob("*.yaml"))
+        assert [yaml.safe_load(c.read_text())["model"]["trust_remote_code"] for c in configs] == [flag] * n
+        for log in (out / ".sweep" / "logs").glob("*.log"):
+            text = log.read_text()  # the child's command line, then its output
+            assert ("--format json --trust-remote-code\n" in text) == flag and (warning in text) == flag
+        assert not [k for k in yaml.safe_load((out / "sweep.yaml").read_text()) if "trust" in k]  # typed again
+    # Why the children are given the flag: train refuses a config that turns remote code on without it.
+    flagged = sorted((tmp_path / "with" / ".sweep" / "configs").glob("*.yaml"))[0]
+    one_line_error(cli("train", "--config", flagged, "-o", tmp_path / "r"),
+                   f"--config {flagged}: {flagged} was trained with --trust-remote-code",
+                   "pass --trust-remote-code again")
+
+
+def test_a_sweep_cannot_turn_remote_code_on_without_the_flag_nor_continue_such_runs(cli, tmp_path):
+    out = tmp_path / "s"
+    base = ("sweep", "minilm", "rte", "--seeds", "1", "-o", out, "--dry-run")
+    train = cli("train", "minilm", "rte", "--set", "model.trust_remote_code=true", "--dry-run")
+    one_line_error(train, "--set sets model.trust_remote_code", "only the command-line flag --trust-remote-code")
+    refused = "sets model.trust_remote_code, which would run the model repository's own Python code"
+    for entry in (("--set", "model.trust_remote_code=true"), ("--grid", "model.trust_remote_code=false,true")):
+        for flag in ((), ("--trust-remote-code",)):  # as in train: the flag does not make --set allowed
+            one_line_error(cli(*base, *entry, *flag), refused, "only the command-line flag --trust-remote-code")
+    spec_file = tmp_path / "sweep.yaml"
+    spec_file.write_text("model: minilm\ntask: rte\nset: {model.trust_remote_code: true}\n")
+    one_line_error(cli("sweep", spec_file, "--dry-run"), refused)
+    # A run directory made with the flag: continuing the sweep needs it again (as train --resume does).
+    (run,) = expand(make_spec({"model": "minilm", "task": "rte", "seeds": 1, "output_dir": str(out),
+                               "trust_remote_code": True}))
+    assert run.config["model"]["trust_remote_code"] is True and "--trust-remote-code" in run.args
+    (out / run.rel).mkdir(parents=True)
+    (out / run.rel / "config.yaml").write_text(dump_yaml(run.config))
+    one_line_error(cli(*base), f"{out / run.rel} was trained with --trust-remote-code",
+                   "pass --trust-remote-code again to continue the sweep")
+    code, stdout, stderr = cli(*base, "--trust-remote-code", "-f", "json")
+    assert code == 0 and json.loads(stdout)["runs"][0]["state"] == "overwrite", stderr
+    assert "--trust-remote-code" in json.loads(stdout)["runs"][0]["args"]
+    assert "warning: --trust-remote-code" in stderr
+
+
 def test_mean_and_sample_std():
     assert mean_std([0.5]) == (0.5, 0.0)
     mean, std = mean_std([0.1, 0.2, 0.6])

@@ -45,8 +45,8 @@ Reg = Annotated[list[str] | None, typer.Option("--reg", "-r", help="Add a regula
 TrainSize = Annotated[int | None, typer.Option("--train-size", help="Train on N examples drawn from the seed "
                                                "(low-resource setting).")]
 Stratified = Annotated[bool, typer.Option("--stratified", help="Keep label proportions with --train-size.")]
-# Running a model repository's own Python is the user's decision, typed on the command line of train, eval and
-# transfer (a preset, sweep file or --set that turns it on is refused: config.refuse_remote_code).
+# Running a model repository's own Python is the user's decision, typed on the command line of train, eval,
+# transfer and sweep (a preset, sweep file or --set that turns it on is refused: config.refuse_remote_code).
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the Python code that ships with "
                                                "the model (only for repositories you trust).")]
 

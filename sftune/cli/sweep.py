@@ -20,7 +20,16 @@ from sftune import __version__
 from sftune.artifacts import RunDir, atomic_write_text
 from sftune.cli import app
 from sftune.cli.common import check_format, examples, user_errors
-from sftune.cli.options import Format, MaskMode, PresetName, Reg, SetItems, training_options
+from sftune.cli.options import (
+    Format,
+    MaskMode,
+    PresetName,
+    Reg,
+    SetItems,
+    TrustRemoteCode,
+    training_options,
+    warn_remote_code,
+)
 from sftune.config import dump_yaml
 from sftune.plots import require_matplotlib
 from sftune.sweep.case_study import case_study as run_case_study
@@ -236,6 +245,7 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and what a rerun would do with each "
                        "(new, resume, overwrite, skip); run nothing.")] = False,
     format_: Format = "table",
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     check_format(format_)
     if keep_weights is not None:
@@ -244,7 +254,7 @@ def sweep(
     cli = {"model": None if spec_file else model, "task": task, "method": method, "grid": grid, "paired": paired,
            "grid_preset": grid_preset, "seeds": seeds, "seed_list": seed_list, "jobs": jobs,
            "output_dir": output_dir, "preset": preset, "mask_mode": mask_mode, "reg": reg, "set": set_, **training,
-           "case_study": True if case_study else None}
+           "case_study": True if case_study else None, "trust_remote_code": trust_remote_code or None}
     spec = make_spec(cli, spec_file)
     if plot is not None:
         require_matplotlib()  # before hours of runs, not after
@@ -252,6 +262,8 @@ def sweep(
     runs = expand(spec)
     out = spec.output_dir
     check_existing(runs, out)
+    if spec.trust_remote_code:
+        warn_remote_code(spec.model, "each run's manifest.json")
     if dry_run:
         _print_plan(runs, out, format_)
         return

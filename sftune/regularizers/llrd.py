@@ -4,13 +4,19 @@ section 5).
 With N layers (`models.layer_stack`: BART's encoder layers then decoder layers) and l counted from the top
 (l = 0 the top layer):
 
-    head, pooler, untied lm_head         lr
-    layer l                              lr * eta^(l + 1)
-    everything else (embeddings, ...)    lr * eta^(N + 1)
+    head, pooler, untied lm_head, final norm   lr
+    layer l                                    lr * eta^(l + 1)
+    everything else (embeddings, ...)          lr * eta^(N + 1)
 
 A causal LM's untied output projection (lm_head) is the output layer: it trains at lr, like a head. A tied
 lm_head is the input embedding's tensor (one parameter, listed under the embedding): it trains at the
 embedding's rate, since the lowest layer of the model reads the same weights.
+
+A decoder's final norm (Llama/Qwen/Mistral `model.norm`, GPT-2 `transformer.ln_f`) normalises the top layer's
+output right under the lm_head or score head, so it trains with them at lr, not with the embeddings at the
+bottom. It is found by structure (`architecture.final_norms`: a norm outside the stack that runs after the top
+layer), so BART's `layernorm_embedding` (registered after the layers, run before them) and BERT's embeddings
+LayerNorm keep the embeddings' rate.
 
 It only sets each optimizer group's initial `lr` (multiplying what is there, so it composes with other
 plug-ins); the scheduler scales every group's initial lr alike, so the schedule's shape is unchanged.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sftune.architecture import output_layer_parameters
+from sftune.architecture import final_norms, output_layer_parameters
 from sftune.methods.base import Regularizer, RunContext
 from sftune.models import layer_stack, pooler_modules
 from sftune.options import option
@@ -31,7 +37,8 @@ def depth_factors(model, head: tuple[str, ...], eta: float) -> dict[str, float]:
     """LR multiplier of every parameter (by name)."""
     stack = layer_stack(model)
     n = len(stack)
-    top = tuple(f"{name}." for name, _ in pooler_modules(model)) + tuple(head)
+    pooler = [name for name, _ in pooler_modules(model)]
+    top = tuple(f"{name}." for name in [*pooler, *final_norms(model)]) + tuple(head)
     output_layer = output_layer_parameters(model)
     out = {}
     for pname, _ in model.named_parameters():
@@ -54,10 +61,12 @@ class LLRD(Regularizer):
     details = ("Howard & Ruder 2018; ELECTRA fine-tunes with eta 0.9 (DPS appendix C, the electra preset). sftune "
                "follows methods.md: head, pooler and a causal LM's untied lm_head at lr (a tied lm_head is the input "
                "embedding: its rate), top layer lr*eta, layer l from the top lr*eta^(l+1), embeddings and every "
-               "other parameter outside the layers (DeBERTa's relative embeddings, ELECTRA's embeddings_project, a "
-               "decoder's final norm) lr*eta^(N+1). ELECTRA's own code uses one more factor eta below the head "
-               "(top layer eta^2, embeddings eta^(N+2)). BART: the stack is encoder then decoder layers. Groups are "
-               "ordered highest lr first, so the logged lr is the head's.")
+               "other parameter outside the layers (DeBERTa's relative embeddings, ELECTRA's embeddings_project, "
+               "BART's layernorm_embedding) lr*eta^(N+1). sftune's choice: a decoder's final norm (Llama/Qwen/Mistral "
+               "model.norm, GPT-2 ln_f: a norm outside the layers that runs on the top layer's output, found by "
+               "running the model once) trains at lr, with the head it feeds. ELECTRA's own code uses one more "
+               "factor eta below the head (top layer eta^2, embeddings eta^(N+2)). BART: the stack is encoder then "
+               "decoder layers. Groups are ordered highest lr first, so the logged lr is the head's.")
 
     @dataclass
     class Options:

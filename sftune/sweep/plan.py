@@ -133,7 +133,8 @@ class Planner:
         s = self.spec
         options = {OPTIONS[name][1]: value for name, value in s.options.items()}
         options["data.stratified"] = True if s.options.get("stratified") else None
-        options.update({"train.seed": seed, "method.mask_mode": s.mask_mode})
+        options.update({"train.seed": seed, "method.mask_mode": s.mask_mode,
+                        "model.trust_remote_code": True if s.trust_remote_code else None})
         return training_tree(s.model, s.task, method, preset=self.preset, options=options,
                              regs=self.all_regs(params), sets=dict(self.all_sets(method, params)),
                              sets_from="the sweep's set/grid entries")
@@ -160,6 +161,8 @@ class Planner:
             args += ["--preset", s.preset]
         if s.mask_mode:
             args += ["--mask-mode", s.mask_mode]
+        if s.trust_remote_code:
+            args += ["--trust-remote-code"]
         for name, value in s.options.items():
             if name == "stratified":
                 args += ["--stratified"] if value else []

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sftune.artifacts import RunDir, atomic_write_text, read_json
-from sftune.config import build, dump_yaml, load_yaml
+from sftune.config import build, dump_yaml, load_yaml, refuse_unrepeated_remote_code
 from sftune.errors import UsageError
 from sftune.run import config_differences
 from sftune.sweep.plan import Run
@@ -82,10 +82,15 @@ def check_existing(runs: list[Run], out: Path) -> None:
         if not run_dir.config.is_file():
             continue
         try:
-            stored = build(load_yaml(run_dir.config, what="run config")).to_dict()
+            raw = load_yaml(run_dir.config, what="run config")
+            stored = build(raw).to_dict()
             diff = config_differences(stored, run.config)
         except UsageError:
-            diff = ["config.yaml (unreadable)"]
+            raw, diff = {}, ["config.yaml (unreadable)"]
+        # A run trained with --trust-remote-code is continued only when the flag is typed again, as train --resume.
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        refuse_unrepeated_remote_code(model.get("trust_remote_code"), run.config["model"]["trust_remote_code"],
+                                      str(run_dir.path), "continue the sweep")
         if diff:
             raise UsageError(f"{run_dir.path} holds a run made with other options ({', '.join(diff[:4])}). "
                              "Use another --output-dir, or delete that run directory to redo it.")
@@ -237,8 +242,11 @@ class Runner:
 
     def command(self, o: Outcome, action: str) -> list[str]:
         flag = {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(action, [])
+        # train runs a config that turns remote code on only with the flag typed (config.py's refusal): the sweep
+        # was given the flag, so its children are given it too.
+        remote = ["--trust-remote-code"] if o.run.config["model"]["trust_remote_code"] else []
         return [sys.executable, "-m", "sftune", "train", "--config", str(self._config_file(o)), "--output-dir",
-                str(self._dir(o).path), "--format", "json", *flag]
+                str(self._dir(o).path), "--format", "json", *flag, *remote]
 
     def _start(self, o: Outcome, action: str, slot: int) -> None:
         # The child trains from the configuration the planner built and validated, not from re-parsed options.

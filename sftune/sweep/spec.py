@@ -50,6 +50,9 @@ class SweepSpec:
     jobs: int = 1
     case_study: bool = False
     grid_presets: list[str] = field(default_factory=list)
+    # Only from the typed --trust-remote-code, never from a sweep file: to_yaml_dict leaves it out, so rerunning
+    # OUTPUT_DIR/sweep.yaml asks for the flag again (each run's config records it; train refuses it unrepeated).
+    trust_remote_code: bool = False
 
     def to_yaml_dict(self) -> dict:
         """The spec as a YAML sweep file: `sftune sweep OUTPUT_DIR/sweep.yaml` repeats the sweep."""
@@ -287,6 +290,7 @@ def make_spec(cli: dict[str, Any], spec_file: Path | None = None) -> SweepSpec:
         options={k: pick(k) for k in TRAIN_OPTIONS}, regs=regs,
         sets=_sets(doc.get("set"), f"{where} set") + _sets(list(cli.get("set") or []), "--set"),
         jobs=jobs, case_study=bool(pick("case_study")), grid_presets=preset_names,
+        trust_remote_code=bool(cli.get("trust_remote_code")),
     )
 
 

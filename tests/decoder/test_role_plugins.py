@@ -79,7 +79,7 @@ def test_llrd_puts_an_untied_lm_head_at_the_top_and_a_tied_one_at_the_embedding(
     f = depth_factors(untied, head_prefixes(untied), eta)
     assert f["lm_head.weight"] == 1.0  # the output layer trains at lr, like a head
     assert f[embed] == eta ** 3
-    assert f[norm] == eta ** 3  # outside the layer stack: documented as "everything else"
+    assert f[norm] == 1.0  # the final norm, on the top layer's output: trains with the head it feeds
     assert {f[n] for n in f if n.startswith(f"{layer}.1.")} == {eta}
     assert {f[n] for n in f if n.startswith(f"{layer}.0.")} == {eta ** 2}
     tied = build(family, tie=True)

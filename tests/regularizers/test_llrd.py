@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+from decoder.decoder_models import config_model, decoder_config
 from sftune.config import build
 from sftune.engine.loop import Trainer
 from sftune.models import head_prefixes, load_model
@@ -54,6 +56,47 @@ def test_bart_depths_run_encoder_then_decoder(tiny_models):
     assert f["model.encoder.layers.1.fc1.weight"] == 0.125
     assert f["model.encoder.layers.0.fc1.weight"] == 0.0625
     assert f["model.shared.weight"] == f["model.encoder.embed_positions.weight"] == 0.5 ** 5
+    # layernorm_embedding is registered after `layers` but normalises the embeddings before them: embeddings' rate.
+    for side in ("encoder", "decoder"):
+        assert f[f"model.{side}.layernorm_embedding.weight"] == f[f"model.{side}.layernorm_embedding.bias"] == 0.5 ** 5
+
+
+def rates_by_hand(names, expected: dict[str, float]) -> dict[str, float]:
+    """Each parameter's multiplier from the one prefix in `expected` it starts with (exactly one must match)."""
+    out = {}
+    for name in names:
+        (prefix,) = [p for p in expected if name.startswith(p)]
+        out[name] = expected[prefix]
+    return out
+
+
+@pytest.mark.parametrize("head", ["causal-lm", "seq"])
+def test_a_llama_final_norm_trains_at_the_heads_rate(head):
+    eta = 0.5
+    model = config_model(decoder_config("llama", 50, 1, 2, tie=False), head=head)
+    model.train()
+    rng = torch.get_rng_state()
+    f = depth_factors(model, head_prefixes(model), eta)
+    # N = 2 layers: the top layer (l = 0) eta^1, layer 0 (l = 1) eta^2, the embeddings eta^3; the final norm
+    # (model.norm, on the top layer's output) and the untied lm_head / the score head at lr.
+    expected = {"model.embed_tokens.": 0.125, "model.layers.0.": 0.25, "model.layers.1.": 0.5, "model.norm.": 1.0,
+                "lm_head." if head == "causal-lm" else "score.": 1.0}
+    assert f == rates_by_hand([n for n, _ in model.named_parameters()], expected)
+    assert f["model.norm.weight"] == 1.0 and f["model.layers.1.post_attention_layernorm.weight"] == 0.5
+    # Finding the final norm ran the model once without drawing random numbers or leaving it in eval mode.
+    assert torch.equal(torch.get_rng_state(), rng) and all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("head", ["causal-lm", "seq"])
+def test_a_gpt2_ln_f_trains_at_the_heads_rate(head):
+    eta = 0.5
+    model = config_model(decoder_config("gpt2", 50, 1, 2, tie=True), head=head)
+    f = depth_factors(model, head_prefixes(model), eta)
+    # Tied lm_head: the input embedding's tensor, at its rate eta^3 (N = 2). ln_f (weight and bias): lr.
+    expected = {"transformer.wte.": 0.125, "transformer.wpe.": 0.125, "transformer.h.0.": 0.25,
+                "transformer.h.1.": 0.5, "transformer.ln_f.": 1.0, "score.": 1.0}
+    assert f == rates_by_hand([n for n, _ in model.named_parameters()], expected)
+    assert f["transformer.ln_f.weight"] == f["transformer.ln_f.bias"] == 1.0
 
 
 def test_electra_preset_applies_llrd(cli, tiny_models, glue_dir, tmp_path):
