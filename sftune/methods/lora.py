@@ -17,6 +17,8 @@ run without `model/`.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +152,8 @@ class Lora(Method):
                                  use_dora=o.use_dora, fan_in_fan_out=bool(conv),
                                  modules_to_save=head_modules(model, ctx.head) or None)
         # Injects the adapters into `model` in place; the wrapper is kept for saving and merging.
-        self.peft_model = peft.get_peft_model(model, config)
+        with _quiet_peft():
+            self.peft_model = peft.get_peft_model(model, config)
         self.n_targets = len(targets)
         self._trainable = {n: p.requires_grad for n, p in model.named_parameters()}
         self.entries = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
@@ -185,12 +188,22 @@ class Dora(Lora):
     Options = DoraOptions
 
 
+@contextmanager
+def _quiet_peft():
+    """peft (0.21) reads the model's `is_gradient_checkpointing`, which transformers 5 deprecates with a
+    FutureWarning on every LoRA run: a message about the two libraries, nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_adapter(model: nn.Module, path: Path) -> nn.Module:
     """Apply a saved adapter (peft format) to a freshly built base model, in place, merged: the returned model
     is `model` itself with plain layers (what `sftune eval` evaluates)."""
     peft = _peft()
     try:
-        wrapped = peft.PeftModel.from_pretrained(model, str(path))
+        with _quiet_peft():
+            wrapped = peft.PeftModel.from_pretrained(model, str(path))
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"cannot load the adapter in {path} ({type(e).__name__}: {e}). It must be a run's "
                          "adapter/ directory (peft format) for this base model.") from None

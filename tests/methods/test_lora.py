@@ -349,3 +349,16 @@ def test_meta_forward_saves_what_the_cpu_forward_saves_on_a_decoder(method):
     probabilities = 2 * 4 * HEADS * length * length * 4  # two layers' softmax outputs, float32
     assert abs(got - want) <= 0.02 * want and want > 0
     assert probabilities > 0.1 * want  # the math path's probabilities would be far outside the tolerance
+
+
+def test_building_an_adapter_raises_no_library_deprecation_warning():
+    """peft reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning on every LoRA run that
+    the user cannot act on. sftune silences that one message, and only around peft's calls."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapt(tiny("llama"), rank=R)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):  # still raised outside peft's calls
+        tiny("llama").is_gradient_checkpointing
