@@ -10,6 +10,7 @@ DPS Stage II) are hashed only when they change, so the check costs one tiny all-
 
 from __future__ import annotations
 
+import atexit
 import json
 import weakref
 from pathlib import Path
@@ -30,10 +31,23 @@ def make_accelerator(cfg: TrainConfig, need_train: bool):
     accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     micro, world = cfg.batch_size // cfg.grad_accum, accelerator.num_processes
+    if world > 1:
+        atexit.unregister(leave_process_group)  # once, however many accelerators a process builds
+        atexit.register(leave_process_group)
     if need_train and micro % world:
         raise UsageError(f"train.batch_size / train.grad_accum = {micro} must be divisible by the {world} processes "
                          "(each takes an equal share of every batch).")
     return accelerator
+
+
+def leave_process_group() -> None:
+    """Tear the process group down before the interpreter exits. Left to the interpreter's teardown, gloo's
+    threads can be destroyed while still joinable, and the process aborts (SIGABRT, "terminate called without an
+    active exception") after the command has done its work: a finished run would exit with a failure code."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def mask_hash(mask: torch.Tensor) -> torch.Tensor:
