@@ -35,7 +35,8 @@ def test_two_processes_gather_every_row_once_in_order(tiny_bert, glue_dir, tmp_p
                str(29700 + nproc + os.getpid() % 200), str(WORKER), str(run.path), str(tmp_path / "rows.json"),
                str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        # On failure, also which outputs exist: did the workers finish (N.json) and leave the group (.left)?
+        assert proc.returncode == 0, (sorted(p.name for p in tmp_path.iterdir()), proc.stderr[-3000:])
         outs[nproc] = json.loads(out.read_text())
         if nproc == 2:  # each rank left the process group before exiting (gloo's threads otherwise may abort)
             assert [json.loads(Path(f"{out}.rank{r}.left").read_text()) for r in range(2)] == [True, True]
