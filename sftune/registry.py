@@ -83,6 +83,12 @@ class OptionInfo:
     help: str
 
 
+def option_names(methods: list[str]) -> dict[str, set[str]]:
+    """Per method name, the names of its own options (`method.NAME` keys): what decides which `method.*` items
+    of a sweep or a memory profile over several methods apply to which method."""
+    return {m: {f.name for f in dataclasses.fields(get_method(m).Options)} for m in methods}
+
+
 def describe_options(cls: type) -> list[OptionInfo]:
     """The options of a method (fields of its `Options` dataclass) with their help text."""
     out = []

@@ -190,9 +190,9 @@ def synthetic_examples(config, n: int, seq_len: int, seed: int) -> list[dict[str
 def split_sets(sets: dict[str, str], methods: list[str]) -> dict[str, dict[str, str]]:
     """Per method, the --set items that apply to it: `method.*` keys go only to the methods having that
     option (an option no chosen method has is an error); other keys go to every method."""
-    from sftune.registry import get_method
+    from sftune.registry import option_names
 
-    own = {m: {f.name for f in dataclasses.fields(get_method(m).Options)} | {"mask_mode"} for m in methods}
+    own = {m: names | {"mask_mode"} for m, names in option_names(methods).items()}
     out: dict[str, dict[str, str]] = {m: {} for m in methods}
     for key, value in sets.items():
         section, _, rest = key.partition(".")

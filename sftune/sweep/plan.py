@@ -18,7 +18,6 @@ none of them has is an error. `reg.NAME.OPTION` grid keys add the regulariser NA
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import re
@@ -28,6 +27,7 @@ from typing import Any
 
 from sftune.config import build
 from sftune.errors import UsageError
+from sftune.registry import option_names
 from sftune.run_tree import OPTIONS, training_tree
 from sftune.sweep.spec import SweepSpec, text
 
@@ -48,12 +48,6 @@ class Run:
     @property
     def config_id(self) -> tuple[str, str]:
         return self.method, self.slug
-
-
-def method_options(methods: list[str]) -> dict[str, set[str]]:
-    from sftune.registry import get_method
-
-    return {m: {f.name for f in dataclasses.fields(get_method(m).Options)} for m in methods}
 
 
 def _applies(key: str, method: str, options: dict[str, set[str]]) -> bool:
@@ -127,7 +121,7 @@ class Planner:
 
         self.spec = spec
         self.preset = load_preset(spec.preset) if spec.preset else None
-        self.options = method_options(spec.methods)
+        self.options = option_names(spec.methods)
 
     def tree(self, method: str, params: list[tuple[str, str]], seed: int) -> dict:
         s = self.spec
