@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parents[1]), str(HERE)]  # sftune; run.py (the profile and the majority row) beside this
+from run import load_profile, majority_scores  # noqa: E402
 
-# The heldout size, training pool and optimizer steps of each task in the cpu-long profile
-# (bench/quality/cpu-long.yaml).
-TASKS = {"sst2": (500, 4000, 250), "stsb": (500, None, 200), "mrpc": (400, None, 150), "cola": (500, None, 250)}
+# Each task's held-out size, training pool and optimizer steps: the cpu-long profile's.
+TASKS = load_profile("cpu-long")[1]["tasks"]
 REG_GRID = [10.0 ** e for e in range(-3, 5)]  # ridge alpha; logistic regression C = 1 / alpha
 
 
@@ -88,16 +88,6 @@ def fit_and_score(task, train_x, train_y, held_x, held_y, dev_x, dev_y):
         if best is None or held > best[1]:
             best = (alpha, held, score(model, dx, dev_y))
     return best
-
-
-def majority_score(task, train_y, dev_y) -> float:
-    if task.is_regression:
-        return 0.0  # a constant prediction has no correlation (reported as 0 on the page)
-    from sftune.metrics import compute
-
-    values, counts = np.unique(train_y, return_counts=True)
-    most = values[np.argmax(counts)]
-    return compute([task.main_metric], [most] * len(dev_y), dev_y.tolist())[task.main_metric]
 
 
 def replay_head(task, train_x, train_y, dev_x, dev_y, *, lr: float, steps: int, seed: int,
@@ -155,7 +145,7 @@ def probe_task(name: str, data_dir: str, model, tokenizer, lr: float, cache: Pat
     from sftune.tasks import get_task
 
     task = get_task(name)
-    heldout, train_size, steps = TASKS[name]
+    heldout, train_size, steps = (TASKS[name][k] for k in ("heldout", "train_size", "steps"))
     splits = load_splits(task, DataConfig(data_dir=data_dir))
     pool, held = carve_validation(splits.train, heldout, 0, task)
     if train_size:
@@ -174,7 +164,7 @@ def probe_task(name: str, data_dir: str, model, tokenizer, lr: float, cache: Pat
         if stored:
             np.savez(stored, **feats[split])
     out = {"task": name, "metric": task.main_metric, "n": {k: len(v) for k, v in labels.items()},
-           "majority_dev": majority_score(task, labels["train"], labels["dev"]), "probes": {}}
+           "majority_dev": majority_scores([name], data_dir)[name][task.main_metric], "probes": {}}
     for kind in ("pooler", "cls", "mean"):
         alpha, held_score, dev_score = fit_and_score(task, feats["train"][kind], labels["train"],
                                                      feats["heldout"][kind], labels["heldout"],
@@ -210,7 +200,8 @@ def probe_task(name: str, data_dir: str, model, tokenizer, lr: float, cache: Pat
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("SFTUNE_DATA_DIR", str(ROOT.parent / "shared/data/glue")))
+    parser.add_argument("--data-dir", default=os.environ.get("SFTUNE_DATA_DIR",
+                                                             str(HERE.parents[2] / "shared/data/glue")))
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--lr", type=float, default=3e-3, help="the head replay's learning rate (frozen's choice)")
