@@ -49,6 +49,37 @@ def train_loss(metrics: Path) -> dict:
     return {"loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-3:]) / len(losses[-3:]), 4)}
 
 
+def prediction_ranking(predictions: Path, label_names: tuple[str, ...]) -> dict | None:
+    """What a classifier's predictions (a run's predictions/SPLIT.jsonl) say beyond the label they pick.
+
+    `auc`: ROC AUC of the predicted probabilities against the gold labels (threshold-free; 0.5 = no signal;
+    more than two labels: one-vs-rest, macro). `top_label`, `top_share`: the label predicted most often and
+    the share of examples given it; `top_p`: that label's lowest and highest predicted probability. A run at
+    the majority class with an AUC near 0.5 learnt nothing beyond the label prior; one with a clearly higher
+    AUC ranks the examples, but its probabilities never cross the decision threshold. None for regression,
+    a missing file or a split with a single gold label (AUC undefined)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    if not label_names or not predictions.is_file():
+        return None
+    rows = read_jsonl(predictions)
+    gold = np.array([label_names.index(r["label"]) for r in rows])
+    probs = np.array([r["probabilities"] for r in rows], dtype=float)
+    if len(set(gold.tolist())) < 2:
+        return None
+    if len(label_names) == 2:
+        auc = roc_auc_score(gold == 1, probs[:, 1])
+    else:
+        auc = roc_auc_score(gold, probs / probs.sum(1, keepdims=True), multi_class="ovr",
+                            labels=list(range(len(label_names))))
+    picked = probs.argmax(1)
+    top = int(np.bincount(picked, minlength=len(label_names)).argmax())
+    return {"auc": round(float(auc), 4), "top_label": label_names[top],
+            "top_share": round(float((picked == top).mean()), 4),
+            "top_p": [round(float(probs[:, top].min()), 4), round(float(probs[:, top].max()), 4)]}
+
+
 # ------------------------------------------------------------------------------------------------ running
 def env_for_runs(threads: int) -> None:
     """One thread per run whatever --jobs is (CPU results depend on the thread count), offline Hub."""

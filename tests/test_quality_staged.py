@@ -177,3 +177,66 @@ def test_a_failed_sweep_does_not_stop_the_other_cells(staged, tmp_path, monkeypa
     known = staged.load_records(tmp_path / "rec", PROFILE)
     assert not any(k[2] == "bitfit" for k in known) and len([k for k in known if k[2] == "dps-mix"]) == 7
     assert sum("bitfit" in c[c.index("--method") + 1] for c in calls) == 3  # tried, then retried twice
+
+
+def _predictions(run, rows):
+    (run / "predictions").mkdir(parents=True)
+    (run / "predictions" / "validation.jsonl").write_text(
+        "".join(json.dumps({"label": y, "prediction": "x", "probabilities": [1 - p, p]}) + "\n" for y, p in rows))
+
+
+def test_prediction_ranking_by_hand(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import prediction_ranking
+
+    run = tmp_path / "run"
+    # P(equivalent): gold pairs (equivalent > not_equivalent): 0.9>0.8, 0.9>0.2, 0.7<0.8, 0.7>0.2 -> AUC 3/4
+    _predictions(run, [("equivalent", 0.9), ("not_equivalent", 0.8), ("equivalent", 0.7), ("not_equivalent", 0.2)])
+    r = prediction_ranking(run / "predictions" / "validation.jsonl", ("not_equivalent", "equivalent"))
+    assert r == {"auc": 0.75, "top_label": "equivalent", "top_share": 0.75, "top_p": [0.2, 0.9]}
+    run2 = tmp_path / "run2"
+    _predictions(run2, [("equivalent", 0.9), ("equivalent", 0.6)])  # one gold label: AUC undefined
+    assert prediction_ranking(run2 / "predictions" / "validation.jsonl", ("not_equivalent", "equivalent")) is None
+    assert prediction_ranking(tmp_path / "missing.jsonl", ("a", "b")) is None
+
+
+def test_records_get_the_ranking_and_ties_go_to_the_better_heldout_auc(staged, tmp_path, monkeypatch):
+    monkeypatch.setattr(staged, "call", fake_sweep([]))
+    out, records = tmp_path / "out", tmp_path / "records"
+    staged.run(PROFILE, out, records, jobs=1, methods=["full"], data_dir=None)
+    # the runs wrote no predictions: no ranking; now give seed 1's runs predictions, as older records lacked them
+    for lr, p_good in (("1e-05", 0.9), ("0.0001", 0.6)):
+        run = out / "main" / "mrpc" / "mrpc" / "full" / f"lr={lr}" / "seed-1"
+        _predictions(run, [("equivalent", p_good), ("not_equivalent", 0.7), ("equivalent", 0.8)])
+    path = records / "mrpc.jsonl"
+    other = json.dumps({"setting": "main", "task": "mrpc", "method": "full", "lr": 1e-5, "seed": 1,
+                        "run": {"steps": 999}, "metrics": {}}, sort_keys=True)
+    path.write_text(path.read_text() + other + "\n")  # a record of another profile: kept as it is
+    before = path.read_text().splitlines()
+    assert staged.harvest(out, records, PROFILE, {}, prune=False) == 0
+    after = path.read_text().splitlines()
+    assert len(after) == len(before) and after[-1] == other
+    changed = [json.loads(b) for a, b in zip(before, after) if a != b]
+    assert {(r["lr"], r["seed"]) for r in changed} == {(1e-5, 1), (1e-4, 1)}
+    by_lr = {r["lr"]: r["ranking"]["validation"]["auc"] for r in changed}
+    assert by_lr == {1e-5: 1.0, 1e-4: 0.5}  # 0.9, 0.8 > 0.7; 0.6 < 0.7 < 0.8
+    assert staged.harvest(out, records, PROFILE, {}, prune=False) == 0 and path.read_text().splitlines() == after
+
+    # the choice: a tie on the held-out metric goes to the better held-out AUC, else to the grid's first rate
+    def rec(held, auc=None):
+        r = {"task": "mrpc", "metrics": {"heldout": {"f1": held}}}
+        return {**r, "ranking": {"heldout": {"auc": auc}}} if auc is not None else r
+
+    low, high = ("main", "mrpc", "full", 1e-5, 1), ("main", "mrpc", "full", 1e-4, 1)
+    assert staged.chosen_lr(PROFILE, {low: rec(0.81, 0.55), high: rec(0.81, 0.70)}, "mrpc", "full") == 1e-4
+    assert staged.chosen_lr(PROFILE, {low: rec(0.82, 0.50), high: rec(0.81, 0.70)}, "mrpc", "full") == 1e-5
+    assert staged.chosen_lr(PROFILE, {low: rec(0.81), high: rec(0.81)}, "mrpc", "full") == 1e-5
+
+
+def test_why_a_cell_is_below_the_majority(claims):
+    def rec(seed, auc, top):
+        return {"task": "mrpc", "loss_first": 0.69, "loss_last": 0.6, "seed": seed,
+                "ranking": {"validation": {"auc": auc, "top_label": "equivalent", "top_share": 1.0, "top_p": top}}}
+
+    why = claims._why({1: rec(1, 0.70, [0.55, 0.8]), 2: rec(2, 0.72, [0.52, 0.7])})
+    assert why == " (loss 0.690 -> 0.600; dev AUC 0.71 ± 0.01; 100% predicted 'equivalent' (p 0.52-0.80))"

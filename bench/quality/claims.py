@@ -102,11 +102,42 @@ def _fmt(c: dict, kind: str) -> str:
     return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
 
 
-def _loss(cell: dict[int, dict]) -> str:
+def _why(cell: dict[int, dict]) -> str:
+    """What the runs of a cell below the majority did, measured, means over seeds: the training loss (first
+    logged step -> last steps) and, for classifiers, the dev ranking (AUC; the share given the one label
+    predicted most, and that label's probability range)."""
+    parts = []
     pairs = [(r["loss_first"], r["loss_last"]) for r in cell.values() if "loss_last" in r]
-    if not pairs:
-        return ""
-    return f" (loss {statistics.fmean(p[0] for p in pairs):.3f} -> {statistics.fmean(p[1] for p in pairs):.3f})"
+    if pairs:
+        parts.append(f"loss {statistics.fmean(p[0] for p in pairs):.3f} -> {statistics.fmean(p[1] for p in pairs):.3f}")
+    ranks = [r["ranking"][dev_split(r["task"])] for r in cell.values() if dev_split(r["task"]) in r.get("ranking", {})]
+    if ranks:
+        auc = [x["auc"] for x in ranks]
+        spread = f" ± {statistics.stdev(auc):.2f}" if len(auc) > 1 else ""
+        parts.append(f"dev AUC {statistics.fmean(auc):.2f}{spread}")
+        labels = {x["top_label"] for x in ranks}
+        if len(labels) == 1:
+            parts.append(f"{100 * statistics.fmean(x['top_share'] for x in ranks):.0f}% predicted "
+                         f"{labels.pop()!r} (p {min(x['top_p'][0] for x in ranks):.2f}-"
+                         f"{max(x['top_p'][1] for x in ranks):.2f})")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def ranking_table(cells: dict, tasks: list[str], methods: list[str]) -> list[str]:
+    """Dev ROC AUC x 100 per method and classification task, mean ± std (seeds): whether a run ranks the
+    examples at all, whatever label the 0.5 threshold gives them (50 = no signal)."""
+    tasks = [t for t in tasks if any("ranking" in r for (tt, _), c in cells.items() if tt == t for r in c.values())]
+    if not tasks:
+        return []
+    rows = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for m in methods:
+        row = []
+        for t in tasks:
+            auc = [100 * r["ranking"][dev_split(t)]["auc"] for r in cells.get((t, m), {}).values()
+                   if dev_split(t) in r.get("ranking", {})]
+            row.append("{:.1f} ± {:.1f} ({})".format(*mean_std(auc), len(auc)) if auc else "—")
+        rows.append(f"| {m} | " + " | ".join(row) + " |")
+    return rows
 
 
 def claim_rows(cells: dict, tasks: list[str]) -> list[str]:
@@ -235,10 +266,16 @@ def report(profile_name: str, profile: dict, known: dict, majority_raw: dict, fi
              "**Dev scores at the chosen learning rate**", ""]
     rows, above = score_table(cells, tasks, methods, majority, chosen)
     lines += rows + [""]
-    below = [f"{m} on {t}{_loss(cells[(t, m)])}" for m in methods for t in tasks
+    below = [f"{m} on {t}{_why(cells[(t, m)])}" for m in methods for t in tasks
              if cells.get((t, m)) and t not in above[m]]
-    lines += ["Not above the majority class (training loss, first logged step -> last steps, mean over seeds): "
+    lines += ["Not above the majority class (training loss, first logged step -> last steps; dev ranking AUC, "
+              "the share of dev given the most predicted label and its probability range; means over seeds): "
               + ("; ".join(below) if below else "none") + ".", ""]
+    ranks = ranking_table(cells, tasks, methods)
+    if ranks:
+        lines += ["**Dev ranking** (ROC AUC x 100 of the predicted probabilities, threshold-free: 50 = no "
+                  "signal; a run can rank well and still give every example the majority label)", ""]
+        lines += ranks + [""]
     lines += ["**Learning-rate grid** (held-out main metric x 100, seed 1; chosen in bold)", ""]
     lines += grid_table(known, profile, tasks, methods) + [""]
     lines += ["**The papers' claims, paired over seeds** (A - B in points, mean [95% t interval]; "

@@ -213,13 +213,17 @@ def staged_main(name: str, profile: dict, args: argparse.Namespace) -> None:
         unknown = set(methods) - {m for w in profile["waves"] for m in w}
         if unknown:
             sys.exit(f"error: --methods {','.join(sorted(unknown))}: not in profile {name}")
+    tasks = args.tasks.split(",") if args.tasks else None
+    if tasks and set(tasks) - set(profile["tasks"]):
+        sys.exit(f"error: --tasks {','.join(sorted(set(tasks) - set(profile['tasks'])))}: not in profile {name} "
+                 f"(its tasks: {','.join(profile['tasks'])})")
     if args.report_only and out.is_dir():  # record what finished, e.g. while a run goes on in the background
         n = staged.harvest(out, records, profile, staged.load_records(records, profile), prune=False)
         print(f"recorded {n} finished run(s) found in {out}", flush=True)
     if not args.report_only:
         env_for_runs(profile.get("threads", 1))
         staged.run(profile, out, records, args.jobs or profile.get("jobs", 1), methods, args.data_dir,
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, tasks=tasks)
         if args.dry_run:
             return
     known = staged.load_records(records, profile)
@@ -240,6 +244,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (staged profiles; default: the profile's)")
     ap.add_argument("--methods", default=None,
                     help="only these methods (staged profiles), e.g. to leave some for later")
+    ap.add_argument("--tasks", default=None, help="only these tasks (staged profiles), e.g. to run some first")
     ap.add_argument("--model", default=None, help="replace the profile's model(s), e.g. a local path")
     ap.add_argument("--data-dir", default=None, help="GLUE directory (replaces the profile's)")
     ap.add_argument("--write", default=None, help="put the table into this Markdown file")

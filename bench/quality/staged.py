@@ -27,8 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # bench/common.py
-from common import append_record, train_loss  # noqa: E402
-from sftune.artifacts import read_jsonl  # noqa: E402
+from common import append_record, prediction_ranking, train_loss  # noqa: E402
+from sftune.artifacts import atomic_write_text, read_jsonl  # noqa: E402
 
 HELDOUT = "heldout"
 
@@ -60,7 +60,7 @@ def run_options(profile: dict, setting: str, task: str) -> dict:
 def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], prune: bool) -> int:
     """Append a record for every complete run under OUT not recorded yet; returns how many were added."""
     known.update(load_records(records, profile))  # another process may have recorded some meanwhile
-    added = 0
+    added, rankings = 0, {}
     for path in sorted(out.glob("*/*/*/*/*/seed-*/results.json")):
         setting, task = path.relative_to(out).parts[:2]
         if setting not in profile["settings"] or task not in profile["tasks"]:
@@ -76,6 +76,9 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
                "wall_seconds": round(manifest["timings"].get("wall_seconds_this_session", 0.0), 1),
                "commit": manifest.get("git_commit"), "finished": manifest["timings"].get("finished"),
                "steps_done": res.get("steps"), **train_loss(path.parent / "metrics.jsonl")}
+        ranking = rankings_of(path.parent, task)
+        if ranking:
+            rec["ranking"] = ranking
         if (cfg["data"]["train_size"], cfg["data"]["validation_from_train"], cfg["train"]["max_steps"]) != (
                 rec["run"]["train_size"], rec["run"]["heldout"], rec["run"]["steps"]):
             continue  # a run of an older profile left in OUT
@@ -83,9 +86,37 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
             append_record(records / f"{task}.jsonl", rec)
             known[record_key(rec)] = rec
             added += 1
+        elif ranking and "ranking" not in known[record_key(rec)]:
+            rankings[record_key(rec)] = rec  # recorded before records kept the ranking: added below
         if prune and (path.parent / "model").is_dir():
             shutil.rmtree(path.parent / "model")  # 88 MB per MiniLM run; the record keeps what the report reads
+    if rankings:
+        add_rankings(records, rankings, known)
     return added
+
+
+def rankings_of(run: Path, task: str) -> dict:
+    """The prediction ranking (common.prediction_ranking) of each split the run wrote predictions for."""
+    from sftune.tasks import get_task
+
+    names = get_task(task).label_names
+    found = {p.stem: prediction_ranking(p, names) for p in sorted((run / "predictions").glob("*.jsonl"))}
+    return {split: r for split, r in found.items() if r}
+
+
+def add_rankings(records: Path, updates: dict[tuple, dict], known: dict[tuple, dict]) -> None:
+    """Give records written before they kept `ranking` the one their run directory still holds: each
+    affected file is rewritten whole (atomically), every other line unchanged. Not meant to run beside
+    another process appending to the same records folder (both harvest; the rewrite could drop its line)."""
+    for task in sorted({k[1] for k in updates}):
+        path = records / f"{task}.jsonl"
+        lines = read_jsonl(path)
+        for r in lines:
+            new = updates.get(record_key(r))
+            if new and "ranking" not in r and r["run"] == new["run"]:
+                r["ranking"] = new["ranking"]
+                known[record_key(r)] = r
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
 
 
 def _yaml(path: Path) -> dict:
@@ -108,13 +139,20 @@ def score(rec: dict, split: str) -> float:
 
 def chosen_lr(profile: dict, known: dict, task: str, method: str) -> float | None:
     """The grid learning rate with the best held-out score of seed 1 in the main setting (None until every
-    grid run is recorded; ties go to the first rate of the grid)."""
+    grid run is recorded). Ties (typically every rate at the majority class, e.g. MRPC's F1 of predicting
+    "equivalent" throughout) go to the better held-out ranking AUC, still held-out data and threshold-free,
+    then to the first rate of the grid."""
     grid = group_of(profile, method)["lr_grid"]
     recs = [known.get(("main", task, method, float(lr), 1)) for lr in grid]
     if any(r is None for r in recs):
         return None
-    best = max(range(len(grid)), key=lambda i: (score(recs[i], HELDOUT), -i))
+    best = max(range(len(grid)), key=lambda i: (score(recs[i], HELDOUT), heldout_auc(recs[i]), -i))
     return float(grid[best])
+
+
+def heldout_auc(rec: dict) -> float:
+    auc = rec.get("ranking", {}).get(HELDOUT, {}).get("auc")
+    return auc if auc is not None else -math.inf
 
 
 def group_of(profile: dict, method: str) -> dict:
@@ -169,9 +207,10 @@ def sweep_command(profile: dict, out: Path, setting: str, task: str, methods: li
     return cmd
 
 
-def cells(profile: dict, methods: list[str] | None) -> list[tuple[str, str, list[str]]]:
+def cells(profile: dict, methods: list[str] | None,
+          tasks: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
     """(setting, task, methods) in running order: each wave's main setting task by task, then the wave's
-    other settings (they need the main setting's choice)."""
+    other settings (they need the main setting's choice); only METHODS and TASKS when given."""
     out = []
     for wave in profile["waves"]:
         ms = [m for m in wave if methods is None or m in methods]
@@ -183,7 +222,7 @@ def cells(profile: dict, methods: list[str] | None) -> list[tuple[str, str, list
             if setting != "main":
                 for task in s["tasks"]:
                     out.append((setting, task, [m for m in ms if m in s["methods"]]))
-    return [c for c in out if c[2]]
+    return [c for c in out if c[2] and (tasks is None or c[1] in tasks)]
 
 
 def call(cmd: list[str]) -> int:
@@ -197,12 +236,12 @@ def call(cmd: list[str]) -> int:
 
 
 def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] | None, data_dir: str | None,
-        dry_run: bool = False, prune: bool = True) -> None:
+        dry_run: bool = False, prune: bool = True, tasks: list[str] | None = None) -> None:
     known = load_records(records, profile)
     if out.is_dir():
         print(f"recorded {harvest(out, records, profile, known, prune)} finished run(s) found in {out}", flush=True)
     failed = []
-    for setting, task, ms in cells(profile, methods):
+    for setting, task, ms in cells(profile, methods, tasks):
         for _ in range(3):  # the grid, then the seeds at the chosen rate; a third pass retries failed runs once
             missing = {m: set(wanted(profile, known, setting, task, m)) - {k[3:] for k in known
                                                                           if k[:3] == (setting, task, m)}
