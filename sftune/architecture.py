@@ -28,6 +28,7 @@ Mistral, GPT-2) alike:
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -313,7 +314,7 @@ def final_norms(model: nn.Module) -> list[str]:
     mBART's `decoder.layer_norm`). Found from one forward pass of two tokens through the base model (eval mode, no
     gradients: no dropout draw, nothing learnt), because registration order is not execution order: BART
     registers `layernorm_embedding` after `layers` but runs it before them, and BERT/ELECTRA/DeBERTa have no such
-    norm. Empty when there is no stack, or when the base model cannot run on bare input_ids."""
+    norm. Empty when there is no stack, or (with a warning) when the base model cannot run on bare input_ids."""
     stack = layer_stack(model)
     if not stack:
         return []
@@ -343,7 +344,11 @@ def final_norms(model: nn.Module) -> list[str]:
         with torch.no_grad():
             ids = torch.zeros((1, 2), dtype=torch.long, device=device)
             base(input_ids=ids, attention_mask=torch.ones_like(ids))
-    except Exception:  # noqa: BLE001 - a base model that needs more than input_ids: no final norm found
+    except Exception as exc:  # noqa: BLE001 - a base model that needs more than input_ids: no final norm found
+        # Said, not silent: llrd then trains these norms at the embeddings' rate, which a user may not expect.
+        warnings.warn(f"could not run {type(base).__name__} on input_ids alone ({type(exc).__name__}: {exc}), so "
+                      f"whether {', '.join(sorted(candidates))} run after its top layer is unknown: treated as not "
+                      "(llrd gives them the embeddings' rate)", stacklevel=2)
         return []
     finally:
         for handle in handles:

@@ -107,3 +107,16 @@ def test_electra_preset_applies_llrd(cli, tiny_models, glue_dir, tmp_path):
     assert code == 0, stderr
     assert "name: llrd" in (out / "config.yaml").read_text()
     assert json.loads((out / "results.json").read_text())["llrd"] == {"eta": 0.9, "layers": 2}
+
+
+def test_a_base_model_that_cannot_run_on_input_ids_alone_is_said_not_silent(monkeypatch):
+    model = config_model(decoder_config("llama", 50, 1, 2, tie=False), head="causal-lm")
+
+    def needs_more(*args, **kwargs):
+        raise TypeError("needs pixel_values")
+
+    monkeypatch.setattr(model.model, "forward", needs_more)
+    said = r"LlamaModel on input_ids alone \(TypeError: needs pixel_values\).*model\.norm"
+    with pytest.warns(UserWarning, match=said):
+        f = depth_factors(model, head_prefixes(model), 0.5)
+    assert f["model.norm.weight"] == 0.125  # then: the embeddings' rate (eta^3, N = 2), as the warning says
