@@ -240,3 +240,12 @@ def test_why_a_cell_is_below_the_majority(claims):
 
     why = claims._why({1: rec(1, 0.70, [0.55, 0.8]), 2: rec(2, 0.72, [0.52, 0.7])})
     assert why == " (loss 0.690 -> 0.600; dev AUC 0.71 ± 0.01; 100% predicted 'equivalent' (p 0.52-0.80))"
+
+
+def test_cells_in_running_order_and_only_the_tasks_asked_for(staged):
+    profile = {**PROFILE, "tasks": {"sst2": {}, "mrpc": {}}}
+    assert staged.cells(profile, None) == [("main", "sst2", ["full", "bitfit"]), ("main", "mrpc", ["full", "bitfit"]),
+                                           ("lowres", "mrpc", ["full"]), ("main", "sst2", ["dps-mix"]),
+                                           ("main", "mrpc", ["dps-mix"]), ("lowres", "mrpc", ["dps-mix"])]
+    assert staged.cells(profile, ["dps-mix"], ["sst2"]) == [("main", "sst2", ["dps-mix"])]
+    assert staged.cells(profile, None, ["mrpc"])[0] == ("main", "mrpc", ["full", "bitfit"])
