@@ -108,6 +108,10 @@ def test_grid_then_seeds_at_the_chosen_rate_and_resume_from_records(staged, tmp_
     assert calls == []  # everything recorded
     changed = {**PROFILE, "tasks": {"mrpc": {**PROFILE["tasks"]["mrpc"], "steps": 30}}}
     assert staged.load_records(records, changed) == {}  # records of other steps do not count
+    # ... and their runs go to a folder of their own: `sftune sweep` refuses a run directory of other options
+    old, new = (staged.sweep_dir(p, out, "main", "mrpc") for p in (PROFILE, changed))
+    assert new != old and new.parent == old.parent and new.name.startswith("30steps-")
+    assert (old / "mrpc" / "full").is_dir() and not new.exists()
 
 
 def test_missing_runs_become_few_sweeps(staged):
@@ -206,7 +210,7 @@ def test_records_get_the_ranking_and_ties_go_to_the_better_heldout_auc(staged, t
     staged.run(PROFILE, out, records, jobs=1, methods=["full"], data_dir=None)
     # the runs wrote no predictions: no ranking; now give seed 1's runs predictions, as older records lacked them
     for lr, p_good in (("1e-05", 0.9), ("0.0001", 0.6)):
-        run = out / "main" / "mrpc" / "mrpc" / "full" / f"lr={lr}" / "seed-1"
+        run = staged.sweep_dir(PROFILE, out, "main", "mrpc") / "mrpc" / "full" / f"lr={lr}" / "seed-1"
         _predictions(run, [("equivalent", p_good), ("not_equivalent", 0.7), ("equivalent", 0.8)])
     path = records / "mrpc.jsonl"
     other = json.dumps({"setting": "main", "task": "mrpc", "method": "full", "lr": 1e-5, "seed": 1,

@@ -15,6 +15,7 @@ session, even on a fresh machine, skips every recorded run, and the report is re
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import json
 import math
@@ -61,7 +62,8 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
     """Append a record for every complete run under OUT not recorded yet; returns how many were added."""
     known.update(load_records(records, profile))  # another process may have recorded some meanwhile
     added, rankings = 0, {}
-    for path in sorted(out.glob("*/*/*/*/*/seed-*/results.json")):
+    # OUT/SETTING/TASK/[OPTIONS/]TASK/METHOD/lr=X/seed-N (runs of the first sessions lack the OPTIONS level)
+    for path in sorted(out.glob("*/*/**/seed-*/results.json")):
         setting, task = path.relative_to(out).parts[:2]
         if setting not in profile["settings"] or task not in profile["tasks"]:
             continue
@@ -192,13 +194,22 @@ def group_missing(missing: dict[str, set[tuple[float, int]]]) -> list[tuple[list
     return sweeps
 
 
+def sweep_dir(profile: dict, out: Path, setting: str, task: str) -> Path:
+    """Where a cell's sweep runs: one folder per set of run options (steps, sizes, fixed --set items), so a
+    changed profile starts its runs beside the old ones instead of meeting a run directory made with other
+    options (which `sftune sweep` refuses to overwrite, rightly)."""
+    opts = run_options(profile, setting, task)
+    digest = hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
+    return out / setting / task / f"{opts['steps']}steps-{digest}"
+
+
 def sweep_command(profile: dict, out: Path, setting: str, task: str, methods: list[str], lrs: list[float],
                   seeds: list[int], jobs: int, data_dir: str | None) -> list[str]:
     opts = run_options(profile, setting, task)
     cmd = ["sftune", "sweep", profile["model"], task, "--method", ",".join(methods),
            "--grid", "train.lr=" + ",".join(repr(x) for x in lrs),
            "--seed-list", ",".join(map(str, seeds)), "--jobs", str(jobs),
-           "--output-dir", str(out / setting / task), "--data-dir", data_dir or profile["data_dir"],
+           "--output-dir", str(sweep_dir(profile, out, setting, task)), "--data-dir", data_dir or profile["data_dir"],
            "--max-steps", str(opts["steps"]), "--set", f"data.validation_from_train={opts['heldout']}"]
     if opts["train_size"]:
         cmd += ["--train-size", str(opts["train_size"]), "--stratified"]
@@ -261,7 +272,8 @@ def run(profile: dict, out: Path, records: Path, jobs: int, methods: list[str] |
                 if rc in (2, 130):
                     sys.exit(rc)
                 if rc != 0:  # a failed run stays missing: the other cells go on, a rerun tries it again
-                    failed.append(f"{setting}/{task} {','.join(s_methods)}: see {out / setting / task}/summary.json")
+                    where = sweep_dir(profile, out, setting, task)
+                    failed.append(f"{setting}/{task} {','.join(s_methods)}: see {where}/summary.json")
             if dry_run:
                 break
     if failed:
