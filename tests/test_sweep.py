@@ -343,8 +343,15 @@ def test_ctrl_c_stops_the_children_and_exits_130(cli, tmp_path, monkeypatch):
             time.sleep(0.05)
         _thread.interrupt_main()
 
-    threading.Thread(target=ctrl_c_once_both_run, daemon=True).start()
-    code, stdout, stderr = cli("sweep", "minilm", "rte", "--seeds", "3", "-j", "2", "-o", out)
+    # A terminal's Ctrl-C reaches a fresh `sftune` process through Python's default SIGINT handler, which
+    # interrupt_main calls. Installed here because the suite's process may have another by now: run after the
+    # tests in tests/*/ (which one installs it was not found), the interrupt did nothing and the run took 60 s.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_both_run, daemon=True).start()
+        code, stdout, stderr = cli("sweep", "minilm", "rte", "--seeds", "3", "-j", "2", "-o", out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130 and "run the same command again" in stderr
     doc = json.loads((out / "summary.json").read_text())
     assert [r["status"] for r in doc["runs"]] == ["interrupted", "interrupted", "queued"]
