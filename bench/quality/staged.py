@@ -78,18 +78,20 @@ def harvest(out: Path, records: Path, profile: dict, known: dict[tuple, dict], p
                "wall_seconds": round(manifest["timings"].get("wall_seconds_this_session", 0.0), 1),
                "commit": manifest.get("git_commit"), "finished": manifest["timings"].get("finished"),
                "steps_done": res.get("steps"), **train_loss(path.parent / "metrics.jsonl")}
-        ranking = rankings_of(path.parent, task)
-        if ranking:
-            rec["ranking"] = ranking
         if (cfg["data"]["train_size"], cfg["data"]["validation_from_train"], cfg["train"]["max_steps"]) != (
                 rec["run"]["train_size"], rec["run"]["heldout"], rec["run"]["steps"]):
             continue  # a run of an older profile left in OUT
-        if record_key(rec) not in known:
-            append_record(records / f"{task}.jsonl", rec)
-            known[record_key(rec)] = rec
-            added += 1
-        elif ranking and "ranking" not in known[record_key(rec)]:
-            rankings[record_key(rec)] = rec  # recorded before records kept the ranking: added below
+        key = record_key(rec)
+        if key not in known or "ranking" not in known[key]:  # the predictions are read only when needed
+            ranking = rankings_of(path.parent, task)
+            if ranking:
+                rec["ranking"] = ranking
+            if key not in known:
+                append_record(records / f"{task}.jsonl", rec)
+                known[key] = rec
+                added += 1
+            elif ranking:
+                rankings[key] = rec  # recorded before records kept the ranking: added below
         if prune and (path.parent / "model").is_dir():
             shutil.rmtree(path.parent / "model")  # 88 MB per MiniLM run; the record keeps what the report reads
     if rankings:
