@@ -68,6 +68,11 @@ def summary(run_dir: Path, task: str, cmd: list[str]) -> dict:
     return out
 
 
+def key(run: dict) -> tuple:
+    """A run's identity in the JSON: another method, rate, seed or length is another run."""
+    return run["method"], run["lr"], run["seed"], run["steps"]
+
+
 def parse_spec(spec: str, profile: dict, task: str) -> tuple[str, float]:
     method, _, lr = spec.partition(":")
     if lr:
@@ -121,10 +126,6 @@ def main() -> None:
         atomic_write_text(path, json.dumps({"what": what, "runs": sorted(runs, key=key)}, indent=1) + "\n")
         last = new["evals"][-1] if new["evals"] else {}
         print(f"{method} lr {lr!r}: {new['status']}, " + ", ".join(f"{k} {v}" for k, v in last.items()), flush=True)
-
-
-def key(run: dict) -> tuple:
-    return run["method"], run["lr"], run["seed"], run["steps"]
 
 
 if __name__ == "__main__":
