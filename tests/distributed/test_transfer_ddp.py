@@ -28,18 +28,32 @@ def test_two_processes_gather_every_row_once_in_order(tiny_bert, glue_dir, tmp_p
             "label": [0] * 11}
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    outs = {}
+    outs, teardown_abort = {}, False
     for nproc in (2, 1):
         out = tmp_path / f"{nproc}.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                str(29700 + nproc + os.getpid() % 200), str(WORKER), str(run.path), str(tmp_path / "rows.json"),
                str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        # On failure, also which outputs exist: did the workers finish (N.json) and leave the group (.left)?
-        assert proc.returncode == 0, (sorted(p.name for p in tmp_path.iterdir()), proc.stderr[-3000:])
+        if proc.returncode and nproc == 2 and finished_then_aborted(out, proc.stderr):
+            teardown_abort = True  # known, outside sftune (below); the output is still checked
+        else:
+            # On failure, also which outputs exist: did the workers finish (N.json) and leave the group (.left)?
+            assert proc.returncode == 0, (sorted(p.name for p in tmp_path.iterdir()), proc.stderr[-3000:])
         outs[nproc] = json.loads(out.read_text())
         if nproc == 2:  # each rank left the process group before exiting
             assert [json.loads(Path(f"{out}.rank{r}.left").read_text()) for r in range(2)] == [True, True]
     assert outs[2]["processes"] == 2 and outs[1]["processes"] == 1
     assert outs[2]["idx"] == outs[1]["idx"] == rows["idx"]
     assert torch.allclose(torch.tensor(outs[2]["probabilities"]), torch.tensor(outs[1]["probabilities"]), atol=1e-5)
+    if teardown_abort:
+        pytest.xfail("the output is right, but a rank aborted in the interpreter's teardown after leaving the process "
+                     "group ('terminate called without an active exception': a native thread at finalisation, "
+                     "pytorch/pytorch#190489); about 1 run in 10 on this machine")
+
+
+def finished_then_aborted(out: Path, stderr: str) -> bool:
+    """Every rank wrote its output and left the process group, and then one aborted in teardown."""
+    left = [Path(f"{out}.rank{r}.left") for r in range(2)]
+    return (out.is_file() and all(p.is_file() and json.loads(p.read_text()) for p in left)
+            and "terminate called without an active exception" in stderr)
