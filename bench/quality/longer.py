@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]  # sftune; bench/common.py; run.py, staged.py
 import staged  # noqa: E402
-from run import ROOT, load_profile  # noqa: E402
+from run import ROOT, load_profile, staged_out  # noqa: E402
 
 from common import env_for_runs  # noqa: E402
 from sftune.artifacts import atomic_write_text, read_jsonl  # noqa: E402
@@ -40,21 +39,22 @@ def train_command(profile: dict, task: str, method: str, lr: float, seed: int, s
                   run_dir: Path, data_dir: str | None) -> list[str]:
     """The profile's main-setting run of METHOD on TASK, but STEPS long and evaluated every EVERY steps."""
     opts = staged.run_options(profile, "main", task)
-    cmd = ["sftune", "train", profile["model"], task, "--method", method, "--max-steps", str(steps),
-           "--data-dir", data_dir or profile["data_dir"], "--output-dir", str(run_dir),
-           "--set", f"data.validation_from_train={opts['heldout']}"]
-    if opts["train_size"]:
-        cmd += ["--train-size", str(opts["train_size"]), "--stratified"]
-    for item in opts["set"]:
-        if not item.startswith("train.eval_every="):  # the profile evaluates once; here every EVERY steps
-            cmd += ["--set", item]
-    return cmd + ["--set", f"train.eval_every={every}", "--set", f"train.lr={lr!r}", "--seed", str(seed)]
+    return ["sftune", "train", profile["model"], task, "--method", method, "--max-steps", str(steps),
+            "--data-dir", data_dir or profile["data_dir"], "--output-dir", str(run_dir),
+            # the profile evaluates once, after the last step; here every EVERY steps
+            *staged.data_args(opts, skip=("train.eval_every=",)),
+            "--set", f"train.eval_every={every}", "--set", f"train.lr={lr!r}", "--seed", str(seed)]
+
+
+def status_of(run_dir: Path) -> str:
+    """The run's results.json status ("complete", "interrupted", ...), or "missing" before it wrote one."""
+    results = run_dir / "results.json"
+    return json.loads(results.read_text()).get("status") if results.is_file() else "missing"
 
 
 def summary(run_dir: Path, task: str, cmd: list[str]) -> dict:
     """What the JSON keeps of one run directory: status, evaluations, training loss, final ranking."""
-    results = run_dir / "results.json"
-    status = json.loads(results.read_text()).get("status") if results.is_file() else "missing"
+    status = status_of(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     metric = staged.main_metric(task)
     evals = [{"step": r["step"], **{k: round(v, 4) for k, v in r.items()
@@ -99,7 +99,7 @@ def main() -> None:
     name, profile = load_profile(args.profile)
     if args.task not in profile["tasks"]:
         sys.exit(f"error: task {args.task}: not in profile {name} (its tasks: {', '.join(profile['tasks'])})")
-    out = Path(args.out or os.environ.get("SFTUNE_QUALITY_OUT") or profile["out"]).expanduser() / "longer"
+    out = staged_out(args.out, profile) / "longer"
     env_for_runs(profile.get("threads", 1))
     what = (f"{args.task}, {profile['description']}: the profile's main-setting runs (its held-out rows, "
             f"training data, batch, schedule, fixed options) but each with its own step count, evaluated every "
@@ -111,9 +111,7 @@ def main() -> None:
         run_dir = out / args.task / f"{method}-lr{lr!r}-seed{args.seed}-{args.steps}steps"
         cmd = train_command(profile, args.task, method, lr, args.seed, args.steps, args.every, run_dir,
                             args.data_dir)
-        done = (run_dir / "results.json").is_file() and \
-            json.loads((run_dir / "results.json").read_text()).get("status") == "complete"
-        if not done:
+        if status_of(run_dir) != "complete":
             # interrupted: continue from its checkpoint (sftune checks the options against the stored run)
             again = ["--resume"] if (run_dir / "config.yaml").is_file() else []
             print("$ " + " ".join(cmd + again), flush=True)

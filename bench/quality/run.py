@@ -201,12 +201,17 @@ def report(profile_name: str, profile: dict, out: Path, data_dir: str | None, ar
     return "\n".join(lines) + "\n"
 
 
+def staged_out(arg: str | None, profile: dict) -> Path:
+    """A staged profile's run root: --out, else SFTUNE_QUALITY_OUT, else the profile's `out`."""
+    return Path(arg or os.environ.get("SFTUNE_QUALITY_OUT") or profile["out"]).expanduser()
+
+
 def staged_main(name: str, profile: dict, args: argparse.Namespace) -> None:
     """A profile with `waves` (cpu-long): grid on the held-out split, seeds at the chosen rate, records."""
     import claims
     import staged
 
-    out = Path(args.out or os.environ.get("SFTUNE_QUALITY_OUT") or profile["out"]).expanduser()
+    out = staged_out(args.out, profile)
     records = ROOT / profile["records"]
     methods = args.methods.split(",") if args.methods else None
     if methods:

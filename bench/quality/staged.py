@@ -208,16 +208,23 @@ def sweep_dir(profile: dict, out: Path, setting: str, task: str) -> Path:
 def sweep_command(profile: dict, out: Path, setting: str, task: str, methods: list[str], lrs: list[float],
                   seeds: list[int], jobs: int, data_dir: str | None) -> list[str]:
     opts = run_options(profile, setting, task)
-    cmd = ["sftune", "sweep", profile["model"], task, "--method", ",".join(methods),
-           "--grid", "train.lr=" + ",".join(repr(x) for x in lrs),
-           "--seed-list", ",".join(map(str, seeds)), "--jobs", str(jobs),
-           "--output-dir", str(sweep_dir(profile, out, setting, task)), "--data-dir", data_dir or profile["data_dir"],
-           "--max-steps", str(opts["steps"]), "--set", f"data.validation_from_train={opts['heldout']}"]
+    return ["sftune", "sweep", profile["model"], task, "--method", ",".join(methods),
+            "--grid", "train.lr=" + ",".join(repr(x) for x in lrs),
+            "--seed-list", ",".join(map(str, seeds)), "--jobs", str(jobs),
+            "--output-dir", str(sweep_dir(profile, out, setting, task)), "--data-dir", data_dir or profile["data_dir"],
+            "--max-steps", str(opts["steps"]), *data_args(opts)]
+
+
+def data_args(opts: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """The arguments (for `sftune sweep` or `train`) that make a run the profile's: its held-out rows, training
+    subset and fixed --set items (leaving out those that start with one of SKIP)."""
+    args = ["--set", f"data.validation_from_train={opts['heldout']}"]
     if opts["train_size"]:
-        cmd += ["--train-size", str(opts["train_size"]), "--stratified"]
+        args += ["--train-size", str(opts["train_size"]), "--stratified"]
     for item in opts["set"]:
-        cmd += ["--set", item]
-    return cmd
+        if not item.startswith(skip):
+            args += ["--set", item]
+    return args
 
 
 def cells(profile: dict, methods: list[str] | None,
