@@ -24,6 +24,8 @@ def longer(tmp_path, monkeypatch):
 
     def fake_train(cmd, stdout=None):
         calls.append(cmd)
+        if "nosuch" in cmd:
+            return 2  # sftune's exit for a bad option: no run directory
         arg = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
         run = Path(arg("--output-dir"))
         steps, every = int(arg("--max-steps")), int(next(s for s in cmd if s.startswith("train.eval_every="))[17:])
@@ -95,3 +97,12 @@ def test_a_method_without_a_rate_needs_the_profiles_choice(longer):
     with pytest.raises(SystemExit, match="has not chosen its rate on mrpc yet"):
         main("mrpc", "bitfit", "--steps", "60", "--every", "20")
     assert calls == []
+
+
+def test_a_run_that_does_not_complete_is_recorded_so_and_the_script_fails(longer, tmp_path):
+    _, calls, main = longer
+    with pytest.raises(SystemExit) as stop:
+        main("mrpc", "nosuch:1e-3", "bitfit:3e-3", "--steps", "60", "--every", "20")
+    assert stop.value.code == 2 and len(calls) == 1  # a bad option stops before the next run
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert (run["method"], run["status"], run["evals"]) == ("nosuch", "missing", [])

@@ -106,11 +106,13 @@ def main() -> None:
             f"`every` steps on dev (validation) and the held-out split; one thread per run")
     path = Path(args.json)
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []  # other runs stay in the file
+    failed = 0
     for spec in args.methods:
         method, lr = parse_spec(spec, profile, args.task)
         run_dir = out / args.task / f"{method}-lr{lr!r}-seed{args.seed}-{args.steps}steps"
         cmd = train_command(profile, args.task, method, lr, args.seed, args.steps, args.every, run_dir,
                             args.data_dir)
+        rc = 0
         if status_of(run_dir) != "complete":
             # interrupted: continue from its checkpoint (sftune checks the options against the stored run)
             again = ["--resume"] if (run_dir / "config.yaml").is_file() else []
@@ -124,6 +126,12 @@ def main() -> None:
         atomic_write_text(path, json.dumps({"what": what, "runs": sorted(runs, key=key)}, indent=1) + "\n")
         last = new["evals"][-1] if new["evals"] else {}
         print(f"{method} lr {lr!r}: {new['status']}, " + ", ".join(f"{k} {v}" for k, v in last.items()), flush=True)
+        if new["status"] != "complete":
+            if rc in (2, 130):  # a bad option, or Ctrl-C: the other runs would meet the same
+                sys.exit(rc)
+            failed += 1  # recorded with its status; the other runs go on
+    if failed:
+        sys.exit(f"error: {failed} run(s) did not complete (their status is in {path})")
 
 
 if __name__ == "__main__":
